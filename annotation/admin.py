@@ -1,0 +1,151 @@
+from django.contrib import admin
+
+from . import models
+
+
+class MembershipInline(admin.TabularInline):
+    model = models.Membership
+    extra = 0
+    autocomplete_fields = ["user"]
+
+
+@admin.register(models.Project)
+class ProjectAdmin(admin.ModelAdmin):
+    list_display = [
+        "id",
+        "name",
+        "kind",
+        "overlap",
+        "lease_seconds",
+        "created_by",
+        "created_at",
+        "archived",
+    ]
+    list_filter = ["kind", "archived", "created_at"]
+    search_fields = ["name"]
+    inlines = [MembershipInline]
+
+
+@admin.register(models.Membership)
+class MembershipAdmin(admin.ModelAdmin):
+    list_display = ["id", "project", "user", "role", "created_at"]
+    list_filter = ["role", "project"]
+    search_fields = ["user__username", "project__name"]
+    list_select_related = ["project", "user"]
+
+
+@admin.register(models.Prompt)
+class PromptAdmin(admin.ModelAdmin):
+    list_display = ["id", "project", "external_id", "split", "created_at"]
+    list_filter = ["split", "project"]
+    search_fields = ["external_id"]
+    list_select_related = ["project"]
+    raw_id_fields = ["project"]
+
+
+@admin.register(models.Response)
+class ResponseAdmin(admin.ModelAdmin):
+    list_display = ["id", "prompt", "model_name", "model_version", "created_at"]
+    list_filter = ["model_name"]
+    raw_id_fields = ["prompt", "model_version"]
+
+
+class TaskResponseInline(admin.TabularInline):
+    model = models.TaskResponse
+    extra = 0
+    raw_id_fields = ["response"]
+
+
+@admin.register(models.Task)
+class TaskAdmin(admin.ModelAdmin):
+    list_display = [
+        "id",
+        "project",
+        "kind",
+        "round",
+        "priority",
+        "overlap",
+        "judgement_count",
+        "live_leases",
+        "is_complete",
+        "is_gold",
+    ]
+    list_filter = ["kind", "is_complete", "is_gold", "round", "project"]
+    list_select_related = ["project"]
+    raw_id_fields = ["prompt"]
+    inlines = [TaskResponseInline]
+
+
+@admin.register(models.Assignment)
+class AssignmentAdmin(admin.ModelAdmin):
+    list_display = [
+        "id",
+        "task",
+        "annotator",
+        "project",
+        "status",
+        "leased_at",
+        "expires_at",
+        "finished_at",
+    ]
+    list_filter = ["status", "project"]
+    search_fields = ["annotator__username"]
+    list_select_related = ["annotator", "project"]
+    raw_id_fields = ["task"]
+
+
+@admin.register(models.Judgement)
+class JudgementAdmin(admin.ModelAdmin):
+    list_display = [
+        "id",
+        "task",
+        "annotator",
+        "project",
+        "kind",
+        "answer",
+        "late",
+        "time_spent_ms",
+        "created_at",
+    ]
+    list_filter = ["kind", "answer", "late", "project", "created_at"]
+    search_fields = ["annotator__username", "rationale"]
+    list_select_related = ["annotator", "project"]
+    raw_id_fields = ["task", "assignment"]
+
+
+@admin.register(models.ImportJob)
+class ImportJobAdmin(admin.ModelAdmin):
+    list_display = [
+        "id",
+        "project",
+        "status",
+        "filename",
+        "lines_total",
+        "lines_done",
+        "created",
+        "created_at",
+    ]
+    list_filter = ["status", "project"]
+    list_select_related = ["project"]
+
+
+@admin.register(models.ModelVersion)
+class ModelVersionAdmin(admin.ModelAdmin):
+    list_display = ["id", "project", "kind", "round", "name", "created_at"]
+    list_filter = ["kind", "project"]
+
+
+@admin.register(models.TrainingRun)
+class TrainingRunAdmin(admin.ModelAdmin):
+    list_display = [
+        "id",
+        "project",
+        "round",
+        "stage",
+        "status",
+        "progress_step",
+        "progress_total",
+        "started_at",
+        "finished_at",
+    ]
+    list_filter = ["status", "stage", "project"]

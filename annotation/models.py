@@ -1,0 +1,338 @@
+"""Tandem's data model: projects of feedback, the tasks annotators are shown, their leases and judgements,
+and the model versions and training runs of the online loop.
+
+Rows carry no behaviour: every write goes through `annotation.services`, every rule-bearing read
+through `annotation.selectors`.
+"""
+
+from django.conf import settings
+from django.db import models
+from django.db.models import Q
+
+
+class FeedbackKind(models.TextChoices):
+    PAIRWISE = "pairwise", "Pairwise comparison"
+    RANKING = "ranking", "k-way ranking"
+    RATING = "rating", "Attribute rating"
+    CRITIQUE = "critique", "Critique"
+    HALLUCINATION = "hallucination", "Multimodal hallucination"
+    HINDSIGHT = "hindsight", "Hindsight feedback"
+
+
+class Role(models.TextChoices):
+    ANNOTATOR = "annotator", "Annotator"
+    REVIEWER = "reviewer", "Reviewer"
+    MANAGER = "manager", "Manager"
+    TRAINER = "trainer", "Trainer"
+
+
+class Split(models.TextChoices):
+    TRAIN = "train", "Train"
+    EVAL = "eval", "Held-out evaluation"
+
+
+class Project(models.Model):
+    name = models.CharField(max_length=200)
+    kind = models.CharField(
+        max_length=20, choices=FeedbackKind.choices, default=FeedbackKind.PAIRWISE
+    )
+    instructions = models.TextField(blank=True, help_text="Markdown; rendered through a sanitizer.")
+    overlap = models.PositiveSmallIntegerField(
+        default=1, help_text="Judgements wanted per task, from distinct annotators."
+    )
+    lease_seconds = models.PositiveIntegerField(
+        default=600, help_text="How long a leased task stays with one annotator."
+    )
+    rubric = models.JSONField(
+        default=list, blank=True, help_text="Attribute rubric for rating projects."
+    )
+    gold_ratio = models.FloatField(
+        default=0.0, help_text="Share of gold items mixed into the queue."
+    )
+    loop = models.JSONField(
+        default=dict,
+        blank=True,
+        help_text="Online-loop settings: policy and reward model refs, algorithm, batch threshold, queue.",
+    )
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    archived = models.BooleanField(default=False)
+
+    class Meta:
+        ordering = ["id"]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class Membership(models.Model):
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="memberships")
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="memberships"
+    )
+    role = models.CharField(max_length=20, choices=Role.choices)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["project", "user"], name="one_role_per_project")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.user} · {self.role} · {self.project}"
+
+
+class ModelVersion(models.Model):
+    """A trained artifact (reward ensemble or policy) registered for a project's round."""
+
+    class Kind(models.TextChoices):
+        POLICY = "policy", "Policy"
+        REWARD = "reward", "Reward ensemble"
+
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="model_versions")
+    kind = models.CharField(max_length=10, choices=Kind.choices)
+    round = models.PositiveIntegerField()
+    name = models.CharField(max_length=200)
+    artifact_path = models.CharField(max_length=500, blank=True)
+    parent = models.ForeignKey("self", null=True, blank=True, on_delete=models.SET_NULL)
+    metrics = models.JSONField(default=dict, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["project", "kind", "round"], name="one_version_per_round"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class Prompt(models.Model):
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="prompts")
+    messages = models.JSONField(help_text="The conversation so far: a list of {role, content}.")
+    external_id = models.CharField(max_length=200, null=True, blank=True)
+    metadata = models.JSONField(default=dict, blank=True)
+    image = models.CharField(
+        max_length=500, blank=True, help_text="Image asset for multimodal kinds."
+    )
+    context = models.JSONField(
+        default=dict, blank=True, help_text="Factual context: captions, reference answer."
+    )
+    split = models.CharField(max_length=5, choices=Split.choices, default=Split.TRAIN)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["project", "external_id"],
+                condition=Q(external_id__isnull=False),
+                name="unique_external_id_per_project",
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"prompt {self.pk}"
+
+
+class Response(models.Model):
+    prompt = models.ForeignKey(Prompt, on_delete=models.CASCADE, related_name="responses")
+    text = models.TextField()
+    model_name = models.CharField(max_length=200, blank=True)
+    model_version = models.ForeignKey(
+        ModelVersion, null=True, blank=True, on_delete=models.SET_NULL
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    def __str__(self) -> str:
+        return f"response {self.pk}"
+
+
+class Task(models.Model):
+    """What one annotator is shown: a prompt and 2..k of its responses.
+
+    The lease counters live on this row and change under its row lock, so the
+    lease query never counts over the project (see DESIGN.md "Hot paths").
+    """
+
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="tasks")
+    prompt = models.ForeignKey(Prompt, on_delete=models.CASCADE, related_name="tasks")
+    kind = models.CharField(max_length=20, choices=FeedbackKind.choices)
+    round = models.PositiveIntegerField(default=0)
+    priority = models.FloatField(
+        default=0.0, help_text="Higher is leased first (e.g. ensemble disagreement)."
+    )
+    overlap = models.PositiveSmallIntegerField(default=1)
+    judgement_count = models.PositiveIntegerField(default=0)
+    live_leases = models.PositiveIntegerField(
+        default=0, help_text="Leases handed out and not yet submitted, skipped or reclaimed."
+    )
+    next_lease_expiry = models.DateTimeField(
+        null=True, blank=True, help_text="Earliest expiry among the live leases."
+    )
+    is_complete = models.BooleanField(default=False)
+    is_gold = models.BooleanField(default=False)
+    gold_answer = models.JSONField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        indexes = [
+            # Matches the queue order exactly, and only over unfinished tasks,
+            # so the lease query walks the head of a small index.
+            models.Index(
+                "project",
+                models.F("priority").desc(),
+                "id",
+                condition=Q(is_complete=False),
+                name="task_queue_order",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"task {self.pk}"
+
+
+class TaskResponse(models.Model):
+    """The responses of a task in the order they are shown (position 0 is A)."""
+
+    task = models.ForeignKey(Task, on_delete=models.CASCADE, related_name="slots")
+    response = models.ForeignKey(Response, on_delete=models.CASCADE, related_name="+")
+    position = models.PositiveSmallIntegerField()
+
+    class Meta:
+        ordering = ["position"]
+        constraints = [
+            models.UniqueConstraint(fields=["task", "position"], name="one_response_per_position")
+        ]
+
+
+class Assignment(models.Model):
+    class Status(models.TextChoices):
+        LEASED = "leased", "Leased"
+        SUBMITTED = "submitted", "Submitted"
+        SKIPPED = "skipped", "Skipped"
+        EXPIRED = "expired", "Expired"
+
+    task = models.ForeignKey(Task, on_delete=models.CASCADE, related_name="assignments")
+    annotator = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="assignments"
+    )
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="+")
+    status = models.CharField(max_length=10, choices=Status.choices, default=Status.LEASED)
+    leased_at = models.DateTimeField()
+    expires_at = models.DateTimeField()
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        constraints = [
+            # An annotator never gets the same task twice, whatever happened to the first lease.
+            models.UniqueConstraint(
+                fields=["task", "annotator"], name="one_assignment_per_annotator"
+            ),
+        ]
+        indexes = [models.Index(fields=["task", "status"], name="assignment_task_status")]
+
+    def __str__(self) -> str:
+        return f"assignment {self.pk}"
+
+
+class Judgement(models.Model):
+    """One annotator's answer to one task. Never updated after insert: exports rely on it."""
+
+    task = models.ForeignKey(Task, on_delete=models.CASCADE, related_name="judgements")
+    assignment = models.OneToOneField(
+        Assignment, on_delete=models.CASCADE, related_name="judgement"
+    )
+    annotator = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="judgements"
+    )
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="judgements")
+    kind = models.CharField(max_length=20, choices=FeedbackKind.choices)
+    payload = models.JSONField(help_text="Kind-specific answer, validated by the kind's schema.")
+    answer = models.CharField(
+        max_length=64, blank=True, help_text="The comparable core of the payload, for agreement."
+    )
+    rationale = models.TextField(blank=True)
+    time_spent_ms = models.PositiveIntegerField(null=True, blank=True)
+    idempotency_key = models.CharField(max_length=128)
+    late = models.BooleanField(
+        default=False, help_text="Submitted after the lease expired; kept and counted."
+    )
+    # The inserting transaction's id on Postgres (0 elsewhere). Exports read in
+    # (commit_seq, id) order up to the oldest running transaction, so a row that
+    # commits late can never fall behind an export cursor.
+    commit_seq = models.BigIntegerField(default=0)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["annotator", "idempotency_key"], name="one_judgement_per_key"
+            ),
+        ]
+        indexes = [
+            models.Index(fields=["project", "commit_seq", "id"], name="judgement_export_order")
+        ]
+
+    def __str__(self) -> str:
+        return f"judgement {self.pk}"
+
+
+class ImportJob(models.Model):
+    class Status(models.TextChoices):
+        QUEUED = "queued", "Queued"
+        VALIDATING = "validating", "Validating"
+        IMPORTING = "importing", "Importing"
+        DONE = "done", "Done"
+        FAILED = "failed", "Failed"
+
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="imports")
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+"
+    )
+    status = models.CharField(max_length=12, choices=Status.choices, default=Status.QUEUED)
+    filename = models.CharField(max_length=300, blank=True)
+    source_path = models.CharField(
+        max_length=500, blank=True, help_text="Uploaded file waiting for the worker."
+    )
+    size_bytes = models.BigIntegerField(default=0)
+    lines_total = models.PositiveIntegerField(default=0)
+    lines_done = models.PositiveIntegerField(default=0)
+    created = models.PositiveIntegerField(default=0)
+    errors = models.JSONField(default=list, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    def __str__(self) -> str:
+        return f"import {self.pk} ({self.status})"
+
+
+class TrainingRun(models.Model):
+    class Status(models.TextChoices):
+        QUEUED = "queued", "Queued"
+        RUNNING = "running", "Running"
+        SUCCEEDED = "succeeded", "Succeeded"
+        FAILED = "failed", "Failed"
+
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="training_runs")
+    round = models.PositiveIntegerField()
+    stage = models.CharField(max_length=40)
+    status = models.CharField(max_length=10, choices=Status.choices, default=Status.QUEUED)
+    progress_step = models.PositiveIntegerField(default=0)
+    progress_total = models.PositiveIntegerField(default=0)
+    data_cursor = models.CharField(max_length=200, blank=True)
+    metrics = models.JSONField(default=dict, blank=True)
+    log = models.TextField(blank=True)
+    error = models.TextField(blank=True)
+    model_version = models.ForeignKey(
+        ModelVersion, null=True, blank=True, on_delete=models.SET_NULL
+    )
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    def __str__(self) -> str:
+        return f"run {self.pk} r{self.round} {self.stage}"

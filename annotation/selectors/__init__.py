@@ -1,0 +1,177 @@
+"""Every read with a rule in it: who sees what, what a task looks like, how far a project is.
+
+Visibility is decided here and only here. A user outside a project gets NotFound for all of its
+objects (never a 403 that would confirm they exist).
+"""
+
+from dataclasses import dataclass
+from typing import Any
+
+from django.contrib.auth.models import AbstractUser
+from django.db.models import Avg, Count, Q, QuerySet, Sum
+from django.utils import timezone
+
+from ..errors import Forbidden, NotFound
+from ..models import Assignment, ImportJob, Judgement, Membership, Project, Role, Task, TaskResponse
+
+ANNOTATE = frozenset({Role.ANNOTATOR, Role.REVIEWER, Role.MANAGER})
+EXPORT = frozenset({Role.TRAINER, Role.MANAGER})
+MANAGE = frozenset({Role.MANAGER})
+
+
+def project_visible_to(*, user: AbstractUser) -> QuerySet[Project]:
+    projects = Project.objects.filter(archived=False)
+    if user.is_staff:
+        return projects
+    return projects.filter(memberships__user=user)
+
+
+def roles_of(*, user: AbstractUser, projects: list[Project]) -> dict[int, str]:
+    """The user's role in each project, in one query."""
+    if user.is_staff:
+        return {p.pk: Role.MANAGER for p in projects}
+    return dict(
+        Membership.objects.filter(user=user, project__in=projects).values_list("project_id", "role")
+    )
+
+
+def access_project(
+    *, user: AbstractUser, project_id: int, roles: frozenset[str] | None = None
+) -> tuple[Project, str]:
+    """The project and the user's role in it, or NotFound / Forbidden."""
+    if user.is_staff:
+        project = Project.objects.filter(pk=project_id).first()
+        role: str | None = Role.MANAGER
+    else:
+        membership = (
+            Membership.objects.select_related("project")
+            .filter(project_id=project_id, user=user)
+            .first()
+        )
+        project = membership.project if membership else None
+        role = membership.role if membership else None
+    if project is None or role is None:
+        raise NotFound("project not found")
+    if roles is not None and role not in roles:
+        raise Forbidden(f"your role in this project ({role}) does not allow this")
+    return project, role
+
+
+def access_assignment(*, user: AbstractUser, assignment_id: int) -> Assignment:
+    """The caller's own assignment; anyone else's looks absent."""
+    assignment = (
+        Assignment.objects.select_related("task", "project")
+        .filter(pk=assignment_id, annotator=user)
+        .first()
+    )
+    if assignment is None:
+        raise NotFound("assignment not found")
+    return assignment
+
+
+def access_import(*, user: AbstractUser, import_id: int) -> ImportJob:
+    job = ImportJob.objects.select_related("project").filter(pk=import_id).first()
+    if job is None:
+        raise NotFound("import not found")
+    access_project(user=user, project_id=job.project_id, roles=MANAGE)
+    return job
+
+
+@dataclass(frozen=True)
+class ShownResponse:
+    id: int
+    text: str
+    label: str
+
+
+@dataclass(frozen=True)
+class TaskView:
+    id: int
+    kind: str
+    round: int
+    prompt: list[dict[str, str]]
+    responses: list[ShownResponse]
+
+
+def task_view(*, task_id: int) -> TaskView:
+    """A task as the annotator sees it: the conversation and its responses labelled A, B, ..."""
+    task = Task.objects.select_related("prompt").get(pk=task_id)
+    slots = (
+        TaskResponse.objects.filter(task_id=task_id).select_related("response").order_by("position")
+    )
+    return TaskView(
+        id=task.pk,
+        kind=task.kind,
+        round=task.round,
+        prompt=task.prompt.messages,
+        responses=[
+            ShownResponse(id=s.response_id, text=s.response.text, label=chr(ord("A") + s.position))
+            for s in slots
+        ],
+    )
+
+
+def live_assignment_for(*, annotator: AbstractUser, project: Project) -> Assignment | None:
+    """The lease the annotator already holds here, so a reload shows the same task, not a new one."""
+    return (
+        Assignment.objects.filter(
+            annotator=annotator,
+            project=project,
+            status=Assignment.Status.LEASED,
+            expires_at__gt=timezone.now(),
+        )
+        .order_by("leased_at")
+        .first()
+    )
+
+
+@dataclass(frozen=True)
+class ProjectProgress:
+    tasks: int
+    complete: int
+    judgements_wanted: int
+    judgements: int
+    live_leases: int
+
+    @property
+    def percent(self) -> float:
+        return 100.0 * self.judgements / self.judgements_wanted if self.judgements_wanted else 0.0
+
+
+def project_progress(*, project: Project) -> ProjectProgress:
+    totals = Task.objects.filter(project=project).aggregate(
+        tasks=Count("id"),
+        complete=Count("id", filter=Q(is_complete=True)),
+        wanted=Sum("overlap"),
+        judgements=Sum("judgement_count"),
+        live=Sum("live_leases"),
+    )
+    return ProjectProgress(
+        tasks=totals["tasks"] or 0,
+        complete=totals["complete"] or 0,
+        judgements_wanted=totals["wanted"] or 0,
+        judgements=totals["judgements"] or 0,
+        live_leases=totals["live"] or 0,
+    )
+
+
+def annotator_judgement_count(*, project: Project, annotator: AbstractUser) -> int:
+    return Judgement.objects.filter(project=project, annotator=annotator).count()
+
+
+def annotator_table(*, project: Project) -> list[dict[str, Any]]:
+    """Judgements per annotator with how many came in late and the mean time spent."""
+    return list(
+        Judgement.objects.filter(project=project)
+        .values("annotator__username")
+        .annotate(
+            judgements=Count("id"),
+            late=Count("id", filter=Q(late=True)),
+            mean_ms=Avg("time_spent_ms"),
+        )
+        .order_by("-judgements")
+    )
+
+
+def imports_of(*, project: Project) -> QuerySet[ImportJob]:
+    return ImportJob.objects.filter(project=project).order_by("-id")

@@ -1,0 +1,421 @@
+"""Importing JSONL into a project: validate every line first, then write everything or nothing.
+
+A line: {"prompt": "text" | [{"role", "content"}...], "responses": ["text" | {"text", "model"?}...],
+"id"?: external id, "metadata"?: {...}, "split"?: "train" | "eval"}.
+
+Small files are imported inside the request; large ones are saved and run by a Celery job whose
+progress the ImportJob row reports. On Postgres rows go in through COPY with ids drawn from the
+tables' sequences up front, which is what lets 100,000 tasks land in seconds.
+"""
+
+import json
+import logging
+import uuid
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+from django.conf import settings
+from django.contrib.auth.models import AbstractUser
+from django.db import connection, models, transaction
+from django.utils import timezone
+
+from ..errors import TooLarge
+from ..feedback import schema_for
+from ..models import ImportJob, Project, Prompt, Response, Split, Task, TaskResponse
+
+logger = logging.getLogger(__name__)
+
+MAX_ERRORS_LISTED = 200
+MAX_TEXT_CHARS = 200_000
+MAX_EXTERNAL_ID = 200
+ROLES = ("system", "user", "assistant")
+_PROGRESS_EVERY = 5000
+_BATCH = 5000
+
+
+@dataclass
+class ImportLine:
+    line: int
+    messages: list[dict[str, str]]
+    responses: list[tuple[str, str]]
+    external_id: str | None
+    metadata: dict[str, Any] = field(default_factory=dict)
+    split: str = Split.TRAIN
+
+
+class LineError(Exception):
+    def __init__(self, field_name: str, message: str):
+        super().__init__(f"{field_name}: {message}" if field_name else message)
+
+
+def _messages(value: Any) -> list[dict[str, str]]:
+    if isinstance(value, str):
+        if not value.strip():
+            raise LineError("prompt", "must not be empty")
+        return [{"role": "user", "content": value}]
+    if not isinstance(value, list) or not value:
+        raise LineError(
+            "prompt", "must be a string or a non-empty list of {role, content} messages"
+        )
+    messages = []
+    for i, message in enumerate(value):
+        where = f"prompt[{i}]"
+        if not isinstance(message, dict):
+            raise LineError(where, "must be an object with role and content")
+        role, content = message.get("role"), message.get("content")
+        if role not in ROLES:
+            raise LineError(f"{where}.role", f"must be one of {', '.join(ROLES)}")
+        if not isinstance(content, str):
+            raise LineError(f"{where}.content", "must be a string")
+        if len(content) > MAX_TEXT_CHARS:
+            raise LineError(f"{where}.content", f"longer than {MAX_TEXT_CHARS} characters")
+        messages.append({"role": role, "content": content})
+    return messages
+
+
+def _responses(value: Any, *, minimum: int, maximum: int) -> list[tuple[str, str]]:
+    if not isinstance(value, list):
+        raise LineError("responses", "must be a list")
+    if not minimum <= len(value) <= maximum:
+        wanted = str(minimum) if minimum == maximum else f"{minimum} to {maximum}"
+        raise LineError(
+            "responses", f"this project's kind takes {wanted} responses, got {len(value)}"
+        )
+    out = []
+    for i, item in enumerate(value):
+        where = f"responses[{i}]"
+        if isinstance(item, str):
+            text, model = item, ""
+        elif isinstance(item, dict):
+            text, model = item.get("text"), item.get("model", "") or ""
+            if not isinstance(text, str):
+                raise LineError(f"{where}.text", "must be a string")
+            if not isinstance(model, str):
+                raise LineError(f"{where}.model", "must be a string")
+        else:
+            raise LineError(where, "must be a string or an object with text")
+        if not text.strip():
+            raise LineError(where, "must not be empty")
+        if len(text) > MAX_TEXT_CHARS:
+            raise LineError(where, f"longer than {MAX_TEXT_CHARS} characters")
+        out.append((text, model[:200]))
+    return out
+
+
+def parse_line(raw: bytes | str, *, line: int, kind: str) -> ImportLine:
+    schema = schema_for(kind)
+    try:
+        obj = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise LineError("", f"not valid JSON ({exc})") from None
+    if not isinstance(obj, dict):
+        raise LineError("", "must be a JSON object")
+    if "prompt" not in obj:
+        raise LineError("prompt", "required")
+    if "responses" not in obj:
+        raise LineError("responses", "required")
+    external_id = obj.get("id")
+    if external_id is not None:
+        if isinstance(external_id, bool) or not isinstance(external_id, str | int):
+            raise LineError("id", "must be a string or an integer")
+        external_id = str(external_id)
+        if not external_id or len(external_id) > MAX_EXTERNAL_ID:
+            raise LineError("id", f"must be 1 to {MAX_EXTERNAL_ID} characters")
+    metadata = obj.get("metadata", {})
+    if not isinstance(metadata, dict):
+        raise LineError("metadata", "must be an object")
+    split = obj.get("split", Split.TRAIN)
+    if split not in Split.values:
+        raise LineError("split", f"must be one of {', '.join(Split.values)}")
+    return ImportLine(
+        line=line,
+        messages=_messages(obj["prompt"]),
+        responses=_responses(
+            obj["responses"], minimum=schema.min_responses, maximum=schema.max_responses
+        ),
+        external_id=external_id,
+        metadata=metadata,
+        split=split,
+    )
+
+
+def parse_import(
+    lines: Iterable[bytes], *, project: Project, progress: Callable[[int], None] | None = None
+) -> tuple[list[ImportLine], list[dict[str, Any]], int]:
+    """Validates every line; returns (parsed lines, errors, error count). Blank lines are skipped."""
+    parsed: list[ImportLine] = []
+    errors: list[dict[str, Any]] = []
+    error_count = 0
+    seen_ids: dict[str, int] = {}
+
+    def fail(line: int, message: str) -> None:
+        nonlocal error_count
+        error_count += 1
+        if len(errors) < MAX_ERRORS_LISTED:
+            errors.append({"line": line, "message": message})
+
+    number = 0
+    for number, raw in enumerate(lines, start=1):
+        if progress and number % _PROGRESS_EVERY == 0:
+            progress(number)
+        if not raw.strip():
+            continue
+        try:
+            item = parse_line(raw, line=number, kind=project.kind)
+        except LineError as exc:
+            fail(number, str(exc))
+            continue
+        if item.external_id is not None:
+            first = seen_ids.setdefault(item.external_id, number)
+            if first != number:
+                fail(number, f"id: '{item.external_id}' repeats the id of line {first}")
+                continue
+        parsed.append(item)
+    if progress:
+        progress(number)
+
+    if seen_ids:
+        existing = _existing_external_ids(project, list(seen_ids))
+        for external_id in sorted(existing, key=seen_ids.__getitem__):
+            fail(seen_ids[external_id], f"id: '{external_id}' is already in this project")
+    if not parsed and not error_count:
+        fail(0, "the file holds no lines")
+    errors.sort(key=lambda e: e["line"])
+    return parsed, errors, error_count
+
+
+def _existing_external_ids(project: Project, ids: list[str]) -> set[str]:
+    found: set[str] = set()
+    for start in range(0, len(ids), 10_000):
+        chunk = ids[start : start + 10_000]
+        found.update(
+            Prompt.objects.filter(project=project, external_id__in=chunk).values_list(
+                "external_id", flat=True
+            )
+        )
+    return found
+
+
+# --- writing -------------------------------------------------------------------
+
+
+def _reserve_ids(model: type[models.Model], count: int) -> list[int]:
+    table = model._meta.db_table
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT nextval(pg_get_serial_sequence(%s, 'id')) FROM generate_series(1, %s)",
+            [table, count],
+        )
+        return [row[0] for row in cursor.fetchall()]
+
+
+def _copy_rows(model: type[models.Model], columns: list[str], rows: Iterable[tuple]) -> None:
+    table = connection.ops.quote_name(model._meta.db_table)
+    column_sql = ", ".join(connection.ops.quote_name(c) for c in columns)
+    with connection.cursor() as cursor:
+        with cursor.cursor.copy(f"COPY {table} ({column_sql}) FROM STDIN") as copy:
+            for row in rows:
+                copy.write_row(row)
+
+
+def _write_postgres(project: Project, items: list[ImportLine]) -> None:
+    now = timezone.now()
+    n = len(items)
+    prompt_ids = _reserve_ids(Prompt, n)
+    task_ids = _reserve_ids(Task, n)
+    response_ids = iter(_reserve_ids(Response, sum(len(i.responses) for i in items)))
+    response_rows, slot_rows = [], []
+    for item, task_id, prompt_id in zip(items, task_ids, prompt_ids, strict=True):
+        for position, (text, model) in enumerate(item.responses):
+            response_id = next(response_ids)
+            response_rows.append((response_id, prompt_id, text, model, now))
+            slot_rows.append((task_id, response_id, position))
+    _copy_rows(
+        Prompt,
+        [
+            "id",
+            "project_id",
+            "messages",
+            "external_id",
+            "metadata",
+            "image",
+            "context",
+            "split",
+            "created_at",
+        ],
+        (
+            (
+                pid,
+                project.pk,
+                json.dumps(i.messages),
+                i.external_id,
+                json.dumps(i.metadata),
+                "",
+                "{}",
+                i.split,
+                now,
+            )
+            for pid, i in zip(prompt_ids, items, strict=True)
+        ),
+    )
+    _copy_rows(Response, ["id", "prompt_id", "text", "model_name", "created_at"], response_rows)
+    _copy_rows(
+        Task,
+        [
+            "id",
+            "project_id",
+            "prompt_id",
+            "kind",
+            "round",
+            "priority",
+            "overlap",
+            "judgement_count",
+            "live_leases",
+            "is_complete",
+            "is_gold",
+            "created_at",
+        ],
+        (
+            (tid, project.pk, pid, project.kind, 0, 0.0, project.overlap, 0, 0, False, False, now)
+            for tid, pid in zip(task_ids, prompt_ids, strict=True)
+        ),
+    )
+    _copy_rows(TaskResponse, ["task_id", "response_id", "position"], slot_rows)
+
+
+def _write_portable(project: Project, items: list[ImportLine]) -> None:
+    for start in range(0, len(items), _BATCH):
+        batch = items[start : start + _BATCH]
+        prompts = Prompt.objects.bulk_create(
+            Prompt(
+                project=project,
+                messages=i.messages,
+                external_id=i.external_id,
+                metadata=i.metadata,
+                split=i.split,
+            )
+            for i in batch
+        )
+        responses = Response.objects.bulk_create(
+            Response(prompt=p, text=text, model_name=model)
+            for p, i in zip(prompts, batch, strict=True)
+            for text, model in i.responses
+        )
+        tasks = Task.objects.bulk_create(
+            Task(project=project, prompt=p, kind=project.kind, overlap=project.overlap)
+            for p in prompts
+        )
+        slots, cursor = [], iter(responses)
+        for task, item in zip(tasks, batch, strict=True):
+            for position in range(len(item.responses)):
+                slots.append(TaskResponse(task=task, response=next(cursor), position=position))
+        TaskResponse.objects.bulk_create(slots)
+
+
+def write_tasks(*, project: Project, items: list[ImportLine]) -> None:
+    """Writes prompts, responses and tasks for validated lines. Caller owns the transaction."""
+    if connection.vendor == "postgresql":
+        _write_postgres(project, items)
+    else:
+        _write_portable(project, items)
+
+
+# --- jobs ------------------------------------------------------------------------
+
+
+def _lines(stream: IO[bytes]) -> Iterator[bytes]:
+    yield from stream
+
+
+def _finish(
+    job: ImportJob, *, items: list[ImportLine], errors: list[dict], error_count: int
+) -> ImportJob:
+    if error_count:
+        job.status = ImportJob.Status.FAILED
+        job.errors = errors
+        if error_count > len(errors):
+            job.errors.append(
+                {"line": 0, "message": f"{error_count - len(errors)} more errors not listed"}
+            )
+        job.created = 0
+    else:
+        job.status = ImportJob.Status.IMPORTING
+        job.save(update_fields=["status"])
+        with transaction.atomic():
+            write_tasks(project=job.project, items=items)
+        job.status = ImportJob.Status.DONE
+        job.created = len(items)
+    job.finished_at = timezone.now()
+    job.save()
+    return job
+
+
+def import_create(
+    *, project: Project, user: AbstractUser, stream: IO[bytes], size: int, filename: str = ""
+) -> ImportJob:
+    """Imports a JSONL upload: inline when small, as a Celery job (status 'queued') when large.
+
+    Nothing is written to the project unless every line is valid.
+    """
+    if size > settings.TANDEM_IMPORT_MAX_BYTES:
+        raise TooLarge(
+            f"the file is {size} bytes; the limit is {settings.TANDEM_IMPORT_MAX_BYTES} bytes "
+            "(split it into several imports)"
+        )
+    job = ImportJob.objects.create(
+        project=project, created_by=user, filename=filename[:300], size_bytes=size
+    )
+    if size <= settings.TANDEM_IMPORT_INLINE_BYTES:
+        job.status = ImportJob.Status.VALIDATING
+        items, errors, error_count = parse_import(_lines(stream), project=project)
+        job.lines_total = job.lines_done = items[-1].line if items else 0
+        return _finish(job, items=items, errors=errors, error_count=error_count)
+
+    directory = Path(settings.MEDIA_ROOT) / "imports"
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / f"{uuid.uuid4().hex}.jsonl"
+    with path.open("wb") as out:
+        for chunk in iter(lambda: stream.read(1 << 20), b""):
+            out.write(chunk)
+    job.source_path = str(path)
+    job.save(update_fields=["source_path"])
+    from ..tasks import run_import  # the Celery bridge imports services, so import it late
+
+    transaction.on_commit(lambda: run_import.delay(job.pk))
+    return job
+
+
+def import_run(*, job_id: int) -> ImportJob:
+    """Runs a queued import job; safe to call again after a crash (a finished job is left alone)."""
+    job = ImportJob.objects.select_related("project").get(pk=job_id)
+    if job.status in (ImportJob.Status.DONE, ImportJob.Status.FAILED):
+        return job
+    path = Path(job.source_path)
+    job.status = ImportJob.Status.VALIDATING
+    with path.open("rb") as counting:
+        job.lines_total = sum(1 for _ in counting)
+    job.save(update_fields=["status", "lines_total"])
+
+    def progress(done: int) -> None:
+        ImportJob.objects.filter(pk=job.pk).update(lines_done=done)
+
+    try:
+        with path.open("rb") as stream:
+            items, errors, error_count = parse_import(
+                stream, project=job.project, progress=progress
+            )
+        job.lines_done = job.lines_total
+        job = _finish(job, items=items, errors=errors, error_count=error_count)
+    except Exception:
+        logger.exception("import %s failed", job.pk)
+        job.status = ImportJob.Status.FAILED
+        job.errors = [
+            {"line": 0, "message": "the import failed on the server; nothing was imported"}
+        ]
+        job.finished_at = timezone.now()
+        job.save()
+    finally:
+        path.unlink(missing_ok=True)
+    return job

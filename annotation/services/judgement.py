@@ -1,0 +1,97 @@
+"""Submitting judgements: validate, insert once, count, commit. Nothing else on this path."""
+
+from typing import Any
+
+from django.db import IntegrityError, connection, transaction
+from django.db.models.expressions import RawSQL
+from django.utils import timezone
+
+from ..errors import Conflict, InvalidInput
+from ..feedback import clean_common, schema_for
+from ..models import Assignment, Judgement, Task
+from .assignment import earliest_live_expiry
+
+MAX_IDEMPOTENCY_KEY = 128
+
+
+def _commit_seq() -> Any:
+    # On Postgres the inserting transaction's id orders exports safely (see Judgement.commit_seq);
+    # SQLite runs one writer at a time, so ids already arrive in commit order there.
+    if connection.vendor == "postgresql":
+        return RawSQL("pg_current_xact_id()::text::bigint", [])
+    return 0
+
+
+def judgement_submit(
+    *, assignment: Assignment, data: dict[str, Any], idempotency_key: str
+) -> tuple[Judgement, bool]:
+    """Stores the annotator's judgement for the assignment; returns (judgement, created).
+
+    The same idempotency key again returns the first judgement with created=False and writes
+    nothing. A submission after the lease expired is kept and counted (marked late): a human's
+    work is never thrown away. Preconditions: the assignment belongs to the caller.
+    """
+    key = (idempotency_key or "").strip()
+    if not key or len(key) > MAX_IDEMPOTENCY_KEY:
+        raise InvalidInput(
+            f"Idempotency-Key header: required, at most {MAX_IDEMPOTENCY_KEY} characters",
+            errors=[{"field": "Idempotency-Key", "message": "required"}],
+        )
+    annotator_id = assignment.annotator_id
+    previous = _previous(annotator_id=annotator_id, key=key, assignment=assignment)
+    if previous is not None:
+        return previous, False
+
+    payload, answer = schema_for(assignment.task.kind).validate_payload(data)
+    rationale, time_spent_ms = clean_common(data)
+    now = timezone.now()
+    try:
+        with transaction.atomic():
+            task = Task.objects.select_for_update().get(pk=assignment.task_id)
+            current = Assignment.objects.select_for_update().get(pk=assignment.pk)
+            if current.status == Assignment.Status.SUBMITTED:
+                raise Conflict(
+                    "this assignment already has a judgement (submitted with another key)"
+                )
+            if current.status == Assignment.Status.SKIPPED:
+                raise Conflict("this assignment was skipped; lease the task again to judge it")
+            late = current.status == Assignment.Status.EXPIRED or current.expires_at <= now
+            judgement = Judgement.objects.create(
+                task=task,
+                assignment=current,
+                annotator_id=annotator_id,
+                project_id=task.project_id,
+                kind=task.kind,
+                payload=payload,
+                answer=answer,
+                rationale=rationale,
+                time_spent_ms=time_spent_ms,
+                idempotency_key=key,
+                late=late,
+                commit_seq=_commit_seq(),
+            )
+            if current.status == Assignment.Status.LEASED:
+                task.live_leases = max(0, task.live_leases - 1)
+            current.status = Assignment.Status.SUBMITTED
+            current.finished_at = now
+            current.save(update_fields=["status", "finished_at"])
+            task.judgement_count += 1
+            task.is_complete = task.judgement_count >= task.overlap
+            task.next_lease_expiry = earliest_live_expiry(task)
+            task.save(
+                update_fields=["live_leases", "judgement_count", "is_complete", "next_lease_expiry"]
+            )
+    except IntegrityError:
+        # The same key raced in from a retry: the other request's row is the answer.
+        previous = _previous(annotator_id=annotator_id, key=key, assignment=assignment)
+        if previous is None:
+            raise
+        return previous, False
+    return judgement, True
+
+
+def _previous(*, annotator_id: int, key: str, assignment: Assignment) -> Judgement | None:
+    previous = Judgement.objects.filter(annotator_id=annotator_id, idempotency_key=key).first()
+    if previous is not None and previous.assignment_id != assignment.pk:
+        raise Conflict("this Idempotency-Key was already used for another assignment")
+    return previous

@@ -1,0 +1,48 @@
+import pytest
+from rest_framework.authtoken.models import Token
+from rest_framework.test import APIClient
+
+from annotation import services
+from annotation.models import Role
+from tests.factories import ProjectFactory, UserFactory, import_tasks
+
+
+@pytest.fixture
+def api():
+    """Returns a factory of API clients: api(user) is authenticated by token, api() is anonymous."""
+
+    def make(user=None) -> APIClient:
+        client = APIClient()
+        if user is not None:
+            token, _ = Token.objects.get_or_create(user=user)
+            client.credentials(HTTP_AUTHORIZATION=f"Token {token.key}")
+        return client
+
+    return make
+
+
+@pytest.fixture
+def cast(db):
+    """A pairwise project with ten tasks and one user in every role, plus an outsider."""
+    manager = UserFactory(is_staff=False)
+    project = ProjectFactory(creator=UserFactory(is_staff=True))
+    services.membership_set(project=project, username=manager.username, role=Role.MANAGER)
+    annotator, other, trainer, outsider = UserFactory(), UserFactory(), UserFactory(), UserFactory()
+    services.membership_set(project=project, username=annotator.username, role=Role.ANNOTATOR)
+    services.membership_set(project=project, username=other.username, role=Role.ANNOTATOR)
+    services.membership_set(project=project, username=trainer.username, role=Role.TRAINER)
+    import_tasks(project, 10)
+
+    class Cast:
+        pass
+
+    c = Cast()
+    c.project, c.manager, c.annotator, c.other, c.trainer, c.outsider = (
+        project,
+        manager,
+        annotator,
+        other,
+        trainer,
+        outsider,
+    )
+    return c
