@@ -114,7 +114,8 @@ class ModelVersion(models.Model):
 class Prompt(models.Model):
     project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="prompts")
     messages = models.JSONField(help_text="The conversation so far: a list of {role, content}.")
-    external_id = models.CharField(max_length=200, null=True, blank=True)
+    # NULL, not "", for "no id": the uniqueness constraint below must ignore prompts without one.
+    external_id = models.CharField(max_length=200, null=True, blank=True)  # noqa: DJ001
     metadata = models.JSONField(default=dict, blank=True)
     image = models.CharField(
         max_length=500, blank=True, help_text="Image asset for multimodal kinds."
@@ -207,6 +208,9 @@ class TaskResponse(models.Model):
         constraints = [
             models.UniqueConstraint(fields=["task", "position"], name="one_response_per_position")
         ]
+
+    def __str__(self) -> str:
+        return f"task {self.task_id} slot {self.position}"
 
 
 class Assignment(models.Model):
