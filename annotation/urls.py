@@ -4,4 +4,22 @@ from . import views
 
 urlpatterns = [
     path("", views.home, name="home"),
+    path("projects/new", views.project_create, name="project-create"),
+    path("projects/<int:project_id>/", views.project_detail, name="project"),
+    path("projects/<int:project_id>/annotate", views.annotate, name="annotate"),
+    path("projects/<int:project_id>/progress", views.annotate_progress, name="annotate-progress"),
+    path("projects/<int:project_id>/instructions", views.instructions, name="instructions"),
+    path(
+        "projects/<int:project_id>/assignments/<int:assignment_id>/judgement",
+        views.judgement_submit,
+        name="judgement-submit",
+    ),
+    path(
+        "projects/<int:project_id>/assignments/<int:assignment_id>/skip",
+        views.assignment_skip,
+        name="assignment-skip",
+    ),
+    path("projects/<int:project_id>/imports", views.import_create, name="import-create"),
+    path("projects/<int:project_id>/members", views.member_set, name="member-set"),
+    path("imports/<int:import_id>", views.import_detail, name="import"),
 ]

@@ -1,13 +1,301 @@
-from django.contrib.auth.decorators import login_required
-from django.shortcuts import render
+"""The htmx pages: each view parses, calls one service or selector, and renders a screen, or only
+the screen's named partial when htmx asked for it (`request.htmx`)."""
 
-from . import selectors
+import uuid
+from collections.abc import Callable
+from functools import wraps
+
+from django.contrib.auth.views import redirect_to_login
+from django.http import HttpRequest, HttpResponse
+from django.shortcuts import redirect, render
+from django.views.decorators.http import require_GET, require_http_methods, require_POST
+from django_htmx.http import HttpResponseClientRedirect
+
+from . import selectors, services
+from .errors import Conflict, TandemError
+from .forms import ImportForm, JudgementForm, MemberForm, ProjectCreateForm, add_service_errors
+from .models import ImportJob, Project
+from .selectors import pages
+
+ANNOTATE_PAGE = "annotation/annotate.html"
+PROJECT_PAGE = "annotation/project.html"
 
 
-@login_required
-def home(request):
+def page(view: Callable[..., HttpResponse]) -> Callable[..., HttpResponse]:
+    """Login required, and the access selectors' NotFound / Forbidden shown as an error page.
+
+    An htmx request whose session has ended is sent to the login page as a whole-page redirect;
+    a plain redirect would be followed by htmx and the login form swapped into a panel.
+    """
+
+    @wraps(view)
+    def wrapped(request: HttpRequest, *args, **kwargs) -> HttpResponse:
+        if not request.user.is_authenticated:
+            if request.htmx:
+                current = request.htmx.current_url_abs_path or request.get_full_path()
+                return HttpResponseClientRedirect(redirect_to_login(current).url)
+            return redirect_to_login(request.get_full_path())
+        try:
+            return view(request, *args, **kwargs)
+        except TandemError as exc:
+            return _error(request, exc.message, status=exc.status)
+
+    return wrapped
+
+
+_ERROR_TITLES = {403: "Not allowed", 404: "Not found"}
+
+
+def _error(request: HttpRequest, message: str, *, status: int) -> HttpResponse:
+    title = _ERROR_TITLES.get(status, "Something went wrong")
+    return render(
+        request, "annotation/error.html", {"title": title, "message": message}, status=status
+    )
+
+
+def _partial(request: HttpRequest, template: str, name: str) -> str:
+    return f"{template}#{name}" if request.htmx else template
+
+
+# --- annotators ------------------------------------------------------------------------------
+
+
+@require_GET
+@page
+def home(request: HttpRequest) -> HttpResponse:
     return render(
         request,
         "annotation/home.html",
-        {"projects": selectors.project_visible_to(user=request.user)},
+        {
+            "rows": pages.project_rows_for(user=request.user),
+            "can_create": pages.can_create_project(user=request.user),
+        },
+    )
+
+
+def _render_task(
+    request: HttpRequest,
+    project: Project,
+    *,
+    assignment=None,
+    form: JudgementForm | None = None,
+    notice: str = "",
+    status: int = 200,
+) -> HttpResponse:
+    """The annotate screen for `assignment`, or for the annotator's next task when it is None.
+
+    A lease the annotator already holds comes first, so a reload (or a double submit) shows the
+    same task instead of leasing another one.
+    """
+    if assignment is None:
+        assignment = selectors.live_assignment_for(
+            annotator=request.user, project=project
+        ) or services.assignment_lease(annotator=request.user, project=project)
+    context = {
+        "project": project,
+        "assignment": assignment,
+        "task": selectors.task_view(task_id=assignment.task_id) if assignment else None,
+        # A fresh idempotency key per rendered task; a re-render after an error keeps the posted
+        # one, so retrying the same answer can never store it twice.
+        "form": form or JudgementForm(initial={"idempotency_key": uuid.uuid4().hex}),
+        "notice": notice,
+        "my_count": selectors.annotator_judgement_count(project=project, annotator=request.user),
+    }
+    if not request.htmx:
+        # Counting over the whole project stays off the per-task path (DESIGN.md, Hot paths):
+        # the full page shows it, and the header refreshes it now and then.
+        context["progress"] = selectors.project_progress(project=project)
+    return render(request, _partial(request, ANNOTATE_PAGE, "task-panel"), context, status=status)
+
+
+@require_GET
+@page
+def annotate(request: HttpRequest, project_id: int) -> HttpResponse:
+    project, _ = selectors.access_project(
+        user=request.user, project_id=project_id, roles=selectors.ANNOTATE
+    )
+    return _render_task(request, project)
+
+
+@require_POST
+@page
+def judgement_submit(request: HttpRequest, project_id: int, assignment_id: int) -> HttpResponse:
+    project, assignment = pages.access_project_assignment(
+        user=request.user, project_id=project_id, assignment_id=assignment_id
+    )
+    form = JudgementForm(request.POST)
+    if not form.is_valid():
+        return _render_task(request, project, assignment=assignment, form=form, status=400)
+    try:
+        services.judgement_submit(
+            assignment=assignment,
+            data=form.payload(),
+            idempotency_key=form.cleaned_data["idempotency_key"],
+        )
+    except Conflict as exc:
+        # The task was finished elsewhere (another tab): nothing to fix here, move on.
+        return _render_task(request, project, notice=exc.message)
+    except TandemError as exc:
+        add_service_errors(form, exc)
+        return _render_task(request, project, assignment=assignment, form=form, status=exc.status)
+    if not request.htmx:
+        return redirect("annotation:annotate", project_id=project.pk)
+    return _render_task(request, project)
+
+
+@require_POST
+@page
+def assignment_skip(request: HttpRequest, project_id: int, assignment_id: int) -> HttpResponse:
+    project, assignment = pages.access_project_assignment(
+        user=request.user, project_id=project_id, assignment_id=assignment_id
+    )
+    try:
+        services.assignment_skip(assignment=assignment)
+    except Conflict as exc:
+        return _render_task(request, project, notice=exc.message)
+    if not request.htmx:
+        return redirect("annotation:annotate", project_id=project.pk)
+    return _render_task(request, project)
+
+
+@require_GET
+@page
+def annotate_progress(request: HttpRequest, project_id: int) -> HttpResponse:
+    project, _ = selectors.access_project(
+        user=request.user, project_id=project_id, roles=selectors.ANNOTATE
+    )
+    return render(
+        request,
+        f"{ANNOTATE_PAGE}#project-progress",
+        {"project": project, "progress": selectors.project_progress(project=project)},
+    )
+
+
+@require_GET
+@page
+def instructions(request: HttpRequest, project_id: int) -> HttpResponse:
+    project, _ = selectors.access_project(user=request.user, project_id=project_id)
+    return render(request, "annotation/instructions.html", {"project": project})
+
+
+# --- managers --------------------------------------------------------------------------------
+
+
+@require_http_methods(["GET", "POST"])
+@page
+def project_create(request: HttpRequest) -> HttpResponse:
+    if not pages.can_create_project(user=request.user):
+        return _error(
+            request, "Only staff and users allowed to add projects can create one.", status=403
+        )
+    form = ProjectCreateForm(request.POST or None)
+    if request.method == "POST" and form.is_valid():
+        try:
+            project = services.project_create(creator=request.user, **form.cleaned_data)
+        except TandemError as exc:
+            add_service_errors(form, exc)
+        else:
+            return redirect("annotation:project", project_id=project.pk)
+    status = 400 if form.errors else 200
+    return render(request, "annotation/project_new.html", {"form": form}, status=status)
+
+
+def _render_project(
+    request: HttpRequest,
+    project: Project,
+    *,
+    partial: str,
+    job: ImportJob | None = None,
+    import_form: ImportForm | None = None,
+    member_form: MemberForm | None = None,
+    member_message: str = "",
+    status: int = 200,
+) -> HttpResponse:
+    context = {
+        "project": project,
+        "job": job,
+        "import_form": import_form or ImportForm(),
+        "member_form": member_form or MemberForm(),
+        "member_message": member_message,
+        "imports": selectors.imports_of(project=project)[:10],
+        "members": pages.members_of(project=project),
+        # The import response also refreshes the list of imports, out of band.
+        "oob": bool(request.htmx),
+    }
+    if not request.htmx:
+        context["progress"] = selectors.project_progress(project=project)
+        context["annotators"] = selectors.annotator_table(project=project)
+    return render(request, _partial(request, PROJECT_PAGE, partial), context, status=status)
+
+
+@require_GET
+@page
+def project_detail(request: HttpRequest, project_id: int) -> HttpResponse:
+    project, _ = selectors.access_project(
+        user=request.user, project_id=project_id, roles=selectors.MANAGE
+    )
+    return _render_project(request, project, partial="page")
+
+
+@require_POST
+@page
+def import_create(request: HttpRequest, project_id: int) -> HttpResponse:
+    project, _ = selectors.access_project(
+        user=request.user, project_id=project_id, roles=selectors.MANAGE
+    )
+    form = ImportForm(request.POST, request.FILES)
+    job = None
+    if form.is_valid():
+        upload = form.cleaned_data["file"]
+        try:
+            job = services.import_create(
+                project=project,
+                user=request.user,
+                stream=upload,
+                size=upload.size,
+                filename=upload.name,
+            )
+        except TandemError as exc:
+            add_service_errors(form, exc)
+    failed = job is None or job.status == ImportJob.Status.FAILED
+    return _render_project(
+        request,
+        project,
+        partial="import-response",
+        job=job,
+        import_form=form if job is None else None,
+        status=400 if failed else 200,
+    )
+
+
+@require_GET
+@page
+def import_detail(request: HttpRequest, import_id: int) -> HttpResponse:
+    job = selectors.access_import(user=request.user, import_id=import_id)
+    return _render_project(request, job.project, partial="import-response", job=job)
+
+
+@require_POST
+@page
+def member_set(request: HttpRequest, project_id: int) -> HttpResponse:
+    project, _ = selectors.access_project(
+        user=request.user, project_id=project_id, roles=selectors.MANAGE
+    )
+    form = MemberForm(request.POST)
+    message = ""
+    if form.is_valid():
+        try:
+            membership = services.membership_set(project=project, **form.cleaned_data)
+        except TandemError as exc:
+            add_service_errors(form, exc)
+        else:
+            message = f"{membership.user.username} is now {membership.get_role_display().lower()}."
+            form = MemberForm()
+    return _render_project(
+        request,
+        project,
+        partial="members",
+        member_form=form,
+        member_message=message,
+        status=400 if form.errors else 200,
     )

@@ -33,14 +33,14 @@ class Position:
     id: int
 
     def encode(self) -> str:
-        return f"{_CURSOR_PREFIX}-{self.commit_seq}-{self.id}"
+        return f"{_CURSOR_PREFIX}.{self.commit_seq}.{self.id}"
 
     @classmethod
     def decode(cls, value: str | None) -> "Position":
         if not value:
-            return cls(-1, 0)
+            return cls(0, 0)
         try:
-            prefix, seq, pk = value.split("-")
+            prefix, seq, pk = value.split(".")
             if prefix != _CURSOR_PREFIX:
                 raise ValueError
             return cls(int(seq), int(pk))

@@ -1,0 +1,42 @@
+# Tandem: `make demo` runs it, `make test` tests it.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PYTHON ?= python3
+HOST ?= 127.0.0.1
+PORT ?= 8000
+
+.PHONY: install demo test lint bench migrate
+
+install: $(VENV)/.installed
+
+# torch is pinned in requirements.txt to the CPU build on this disk; a loose pin would pull CUDA.
+$(VENV)/.installed: requirements.txt requirements-dev.txt pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install -q --upgrade pip
+	$(VENV)/bin/pip install -q -r requirements-dev.txt
+	touch $@
+
+migrate: install
+	$(PY) manage.py migrate --noinput
+
+# Embedded defaults: SQLite under var/ and a file-system Celery broker, unless DATABASE_URL /
+# CELERY_BROKER_URL say otherwise. Web and worker run side by side; Ctrl-C stops both.
+demo: migrate
+	$(PY) manage.py seed_demo
+	@echo "Tandem on http://$(HOST):$(PORT)/  (API docs: http://$(HOST):$(PORT)/api/docs/)"
+	@trap 'kill 0' INT TERM EXIT; \
+	$(VENV)/bin/celery -A webapp worker -Q cpu -P solo --loglevel=warning & \
+	$(VENV)/bin/gunicorn webapp.wsgi -b $(HOST):$(PORT) -w 2 --threads 4 --access-logfile - & \
+	wait
+
+test: install
+	$(VENV)/bin/pytest
+
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+	$(PY) manage.py makemigrations --check --dry-run
+
+bench: install
+	$(PY) -m bench.run_all

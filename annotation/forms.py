@@ -1,0 +1,109 @@
+"""Forms of the htmx pages. They parse; the rules live in the services, whose errors land back on
+the form's fields (see `add_service_errors`), so the pages and the API refuse the same things with
+the same words."""
+
+from dataclasses import dataclass
+
+from django import forms
+
+from .errors import TandemError
+from .feedback import MAX_RATIONALE_CHARS, SCHEMAS, STRENGTH_LABELS
+from .models import FeedbackKind, Role
+
+
+@dataclass(frozen=True)
+class Option:
+    value: str
+    label: str
+    key: str
+
+
+class JudgementForm(forms.Form):
+    # The keyboard shortcut of each option is declared here once; the template writes it into a
+    # data-key attribute that tandem.js reads, and into the legend the annotator sees.
+    CHOICE_OPTIONS = (
+        Option("A", "A is better", "1"),
+        Option("B", "B is better", "2"),
+        Option("tie", "Tie", "3"),
+        Option("both_bad", "Both bad", "4"),
+    )
+    STRENGTH_OPTIONS = tuple(
+        Option(str(value), label, key)
+        for (value, label), key in zip(STRENGTH_LABELS.items(), "qwe", strict=True)
+    )
+
+    choice = forms.CharField(required=False)
+    strength = forms.TypedChoiceField(
+        choices=[(o.value, o.label) for o in STRENGTH_OPTIONS],
+        coerce=int,
+        required=False,
+        empty_value=None,
+    )
+    rationale = forms.CharField(
+        required=False,
+        strip=False,
+        max_length=MAX_RATIONALE_CHARS,
+        widget=forms.Textarea(
+            attrs={
+                "rows": 3,
+                "data-key": "r",
+                "placeholder": "Why? (optional, but it helps reviewers)",
+            }
+        ),
+    )
+    time_spent_ms = forms.IntegerField(required=False, min_value=0, widget=forms.HiddenInput)
+    idempotency_key = forms.CharField(max_length=128, widget=forms.HiddenInput)
+
+    def payload(self) -> dict:
+        data = self.cleaned_data
+        return {
+            "choice": data["choice"],
+            "strength": data["strength"],
+            "rationale": data["rationale"],
+            "time_spent_ms": data["time_spent_ms"],
+        }
+
+
+class ProjectCreateForm(forms.Form):
+    name = forms.CharField(max_length=200)
+    # Only kinds whose schema exists are offered: the others would be refused by the service.
+    kind = forms.ChoiceField(
+        choices=[(k.value, k.label) for k in FeedbackKind if k.value in SCHEMAS],
+        initial=FeedbackKind.PAIRWISE,
+    )
+    overlap = forms.IntegerField(
+        initial=1, help_text="Judgements wanted per task, from distinct annotators."
+    )
+    lease_seconds = forms.IntegerField(
+        initial=600, help_text="How long a task stays with one annotator before it returns."
+    )
+    instructions = forms.CharField(
+        required=False,
+        widget=forms.Textarea(attrs={"rows": 8}),
+        help_text="Markdown. Shown to annotators at any time while they work.",
+    )
+
+
+class ImportForm(forms.Form):
+    file = forms.FileField(
+        label="JSONL file",
+        help_text='One task a line: {"prompt": ..., "responses": [..., ...], "id"?: ...}',
+        widget=forms.ClearableFileInput(attrs={"accept": ".jsonl,.ndjson,.json,.txt"}),
+    )
+
+
+class MemberForm(forms.Form):
+    username = forms.CharField(max_length=150)
+    role = forms.ChoiceField(choices=Role.choices, initial=Role.ANNOTATOR)
+
+
+def add_service_errors(form: forms.Form, exc: TandemError) -> None:
+    """Puts a service's field errors on the form's fields; anything else becomes a form error."""
+    placed = False
+    for error in exc.errors:
+        field = error.get("field")
+        if field in form.fields:
+            form.add_error(field, error.get("message", exc.message))
+            placed = True
+    if not placed:
+        form.add_error(None, exc.message)

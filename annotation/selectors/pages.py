@@ -1,0 +1,96 @@
+"""Reads that only the htmx pages need: the home list, a manager's member list, the annotate panel.
+
+The rules (who sees what) stay in `annotation.selectors`; these compose them into what one screen
+shows, in a fixed number of queries whatever the size of the project.
+"""
+
+from dataclasses import dataclass
+
+from django.contrib.auth.models import AbstractUser
+from django.db.models import Count, QuerySet, Sum
+
+from ..errors import NotFound
+from ..models import Assignment, Judgement, Membership, Project, Task
+from . import ANNOTATE, MANAGE, access_project, project_visible_to, roles_of
+
+
+def can_create_project(*, user: AbstractUser) -> bool:
+    return user.is_staff or user.has_perm("annotation.add_project")
+
+
+@dataclass(frozen=True)
+class ProjectRow:
+    project: Project
+    role: str
+    my_judgements: int
+    tasks: int
+    percent: float
+
+    @property
+    def can_annotate(self) -> bool:
+        return self.role in ANNOTATE
+
+    @property
+    def can_manage(self) -> bool:
+        return self.role in MANAGE
+
+
+def project_rows_for(*, user: AbstractUser) -> list[ProjectRow]:
+    """The user's projects with their role, their own judgements and each project's completion."""
+    projects = list(project_visible_to(user=user))
+    if not projects:
+        return []
+    roles = roles_of(user=user, projects=projects)
+    mine = dict(
+        Judgement.objects.filter(annotator=user, project__in=projects)
+        .values("project_id")
+        .annotate(n=Count("id"))
+        .values_list("project_id", "n")
+    )
+    totals = {
+        row["project_id"]: row
+        for row in Task.objects.filter(project__in=projects)
+        .values("project_id")
+        .annotate(tasks=Count("id"), wanted=Sum("overlap"), done=Sum("judgement_count"))
+    }
+    rows = []
+    for project in projects:
+        total = totals.get(project.pk, {})
+        wanted = total.get("wanted") or 0
+        rows.append(
+            ProjectRow(
+                project=project,
+                role=roles[project.pk],
+                my_judgements=mine.get(project.pk, 0),
+                tasks=total.get("tasks") or 0,
+                percent=100.0 * (total.get("done") or 0) / wanted if wanted else 0.0,
+            )
+        )
+    return rows
+
+
+def members_of(*, project: Project) -> QuerySet[Membership]:
+    return (
+        Membership.objects.filter(project=project)
+        .select_related("user")
+        .order_by("role", "user__username")
+    )
+
+
+def access_project_assignment(
+    *, user: AbstractUser, project_id: int, assignment_id: int
+) -> tuple[Project, Assignment]:
+    """The caller's own assignment in a project where they may still annotate.
+
+    Checking the membership as well as the owner means someone removed from a project cannot
+    keep submitting through a lease they held before.
+    """
+    project, _ = access_project(user=user, project_id=project_id, roles=ANNOTATE)
+    assignment = (
+        Assignment.objects.select_related("task")
+        .filter(pk=assignment_id, annotator=user, project=project)
+        .first()
+    )
+    if assignment is None:
+        raise NotFound("assignment not found")
+    return project, assignment
