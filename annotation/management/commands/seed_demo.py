@@ -58,10 +58,10 @@ Add a short rationale whenever the call was hard: it helps reviewers and the nex
 | `1` / `2` | A is better / B is better |
 | `3` / `4` | tie / both bad |
 | `q` / `w` / `e` | slightly / clearly / much better |
-| `r` | write a rationale |
-| `Enter` | submit |
+| `r` | write a rationale (`Esc` leaves the box) |
+| `Enter` | submit (`Ctrl`+`Enter` while writing) |
 | `s` | skip this task |
-| `?` | show these shortcuts |
+| `?` or `i` | show these instructions |
 """
 
 
@@ -128,7 +128,8 @@ class Command(BaseCommand):
         if reset:
             user.set_password(password)
             user.save(update_fields=["password"])
-        return user, reset
+            return user, True
+        return user, user.check_password(password)
 
     def _import(self, project: Project, admin: AbstractUser) -> int:
         with FIXTURE.open("rb") as stream:
@@ -161,7 +162,7 @@ class Command(BaseCommand):
             if users[username][1]:
                 lines.append(f"  {username:<7} {password}")
             else:
-                lines.append(f"  {username:<7} (existing user, password unchanged)")
+                lines.append(f"  {username:<7} (changed by you; left as it is)")
         lines += [
             "",
             "Demo-only passwords: change them before anyone else can reach this server.",
