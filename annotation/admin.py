@@ -135,17 +135,53 @@ class ModelVersionAdmin(admin.ModelAdmin):
     list_filter = ["kind", "project"]
 
 
+class TrainingRunInline(admin.TabularInline):
+    model = models.TrainingRun
+    extra = 0
+    fields = [
+        "stage",
+        "status",
+        "attempts",
+        "progress_step",
+        "progress_total",
+        "loss",
+        "heartbeat_at",
+        "error",
+    ]
+    readonly_fields = fields
+
+
+@admin.register(models.Round)
+class RoundAdmin(admin.ModelAdmin):
+    list_display = [
+        "id",
+        "project",
+        "number",
+        "status",
+        "trigger",
+        "judgements",
+        "reward_accuracy",
+        "started_at",
+        "finished_at",
+    ]
+    list_filter = ["status", "trigger", "project"]
+    list_select_related = ["project"]
+    inlines = [TrainingRunInline]
+
+
 @admin.register(models.TrainingRun)
 class TrainingRunAdmin(admin.ModelAdmin):
     list_display = [
         "id",
-        "project",
         "round",
         "stage",
         "status",
+        "attempts",
         "progress_step",
         "progress_total",
+        "heartbeat_at",
         "started_at",
         "finished_at",
     ]
-    list_filter = ["status", "stage", "project"]
+    list_filter = ["status", "stage", "round__project"]
+    list_select_related = ["round", "round__project"]

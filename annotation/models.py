@@ -177,6 +177,14 @@ class Task(models.Model):
     is_complete = models.BooleanField(default=False)
     is_gold = models.BooleanField(default=False)
     gold_answer = models.JSONField(null=True, blank=True)
+    purpose = models.CharField(
+        max_length=10, choices=[("label", "Label"), ("evaluation", "Evaluation")], default="label"
+    )
+    auto_label = models.JSONField(
+        null=True,
+        blank=True,
+        help_text="Set when the reward ensemble labelled this pair instead of a human: {choice, margin, reward_version}.",
+    )
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
@@ -314,29 +322,96 @@ class ImportJob(models.Model):
         return f"import {self.pk} ({self.status})"
 
 
-class TrainingRun(models.Model):
+class Round(models.Model):
+    """One turn of the online loop: fit the reward ensemble, train π_r, generate, select, evaluate.
+
+    Its human win rate is derived from the judgements on its evaluation tasks, never stored.
+    """
+
     class Status(models.TextChoices):
         QUEUED = "queued", "Queued"
         RUNNING = "running", "Running"
         SUCCEEDED = "succeeded", "Succeeded"
         FAILED = "failed", "Failed"
 
-    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="training_runs")
-    round = models.PositiveIntegerField()
-    stage = models.CharField(max_length=40)
+    ACTIVE = (Status.QUEUED, Status.RUNNING)
+
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="rounds")
+    number = models.PositiveIntegerField()
     status = models.CharField(max_length=10, choices=Status.choices, default=Status.QUEUED)
+    trigger = models.CharField(
+        max_length=10, choices=[("auto", "Automatic"), ("manual", "Manual")], default="manual"
+    )
+    judgements = models.PositiveIntegerField(
+        default=0, help_text="Human judgements the round trained on."
+    )
+    data_cursor = models.CharField(
+        max_length=200, blank=True, help_text="Export cursor of the last judgement used."
+    )
+    reward_version = models.ForeignKey(
+        ModelVersion, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    policy_version = models.ForeignKey(
+        ModelVersion, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    reward_accuracy = models.FloatField(null=True, blank=True)
+    metrics = models.JSONField(default=dict, blank=True)
+    error = models.TextField(blank=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["project", "number"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["project", "number"], name="one_round_number_per_project"
+            ),
+            # At most one round of a project runs at a time, whatever races to start one.
+            models.UniqueConstraint(
+                fields=["project"],
+                condition=Q(status__in=["queued", "running"]),
+                name="one_active_round_per_project",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.project} round {self.number}"
+
+
+class TrainingRun(models.Model):
+    """One stage of a round, run as one Celery job: status, progress and log for the dashboard."""
+
+    class Status(models.TextChoices):
+        QUEUED = "queued", "Queued"
+        RUNNING = "running", "Running"
+        SUCCEEDED = "succeeded", "Succeeded"
+        FAILED = "failed", "Failed"
+
+    round = models.ForeignKey(Round, on_delete=models.CASCADE, related_name="runs")
+    stage = models.CharField(max_length=20)
+    position = models.PositiveSmallIntegerField(default=0)
+    status = models.CharField(max_length=10, choices=Status.choices, default=Status.QUEUED)
+    attempts = models.PositiveSmallIntegerField(default=0)
     progress_step = models.PositiveIntegerField(default=0)
     progress_total = models.PositiveIntegerField(default=0)
-    data_cursor = models.CharField(max_length=200, blank=True)
+    loss = models.FloatField(null=True, blank=True)
     metrics = models.JSONField(default=dict, blank=True)
     log = models.TextField(blank=True)
     error = models.TextField(blank=True)
     model_version = models.ForeignKey(
         ModelVersion, null=True, blank=True, on_delete=models.SET_NULL
     )
+    heartbeat_at = models.DateTimeField(
+        null=True, blank=True, help_text="Last progress report; a stale one means a dead worker."
+    )
     started_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
 
+    class Meta:
+        ordering = ["round", "position"]
+        constraints = [models.UniqueConstraint(fields=["round", "stage"], name="one_run_per_stage")]
+
     def __str__(self) -> str:
-        return f"run {self.pk} r{self.round} {self.stage}"
+        return f"{self.round} · {self.stage}"

@@ -8,3 +8,17 @@ from . import services
 @shared_task(name="annotation.tasks.run_import", acks_late=True)
 def run_import(job_id: int) -> str:
     return services.import_run(job_id=job_id).status
+
+
+@shared_task(name="annotation.tasks.run_round_stage", acks_late=True, reject_on_worker_lost=True)
+def run_round_stage(run_id: int) -> str:
+    from .services.rounds import stage_run
+
+    return stage_run(run_id=run_id)
+
+
+@shared_task(name="annotation.tasks.loop_tick", ignore_result=True)
+def loop_tick() -> list[int]:
+    from .services.rounds import loop_tick as tick
+
+    return tick()

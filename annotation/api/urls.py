@@ -1,6 +1,6 @@
 from django.urls import path
 
-from . import views
+from . import loop, views
 
 urlpatterns = [
     path("auth/token", views.TokenObtainApi.as_view(), name="token"),
@@ -20,4 +20,8 @@ urlpatterns = [
         "assignments/<int:assignment_id>/judgement", views.JudgementApi.as_view(), name="judgement"
     ),
     path("assignments/<int:assignment_id>/skip", views.SkipApi.as_view(), name="skip"),
+    path("projects/<int:project_id>/loop", loop.LoopSettingsApi.as_view(), name="loop"),
+    path("projects/<int:project_id>/rounds", loop.RoundsApi.as_view(), name="rounds"),
+    path("models", loop.ModelListApi.as_view(), name="models"),
+    path("models/<int:model_id>/download", loop.ModelDownloadApi.as_view(), name="model-download"),
 ]

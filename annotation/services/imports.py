@@ -275,10 +275,11 @@ def _write_postgres(project: Project, items: list[ImportLine]) -> None:
             "live_leases",
             "is_complete",
             "is_gold",
+            "purpose",
             "created_at",
         ],
         (
-            (tid, project.pk, pid, project.kind, 0, 0.0, project.overlap, 0, 0, False, False, now)
+            (tid, project.pk, pid, project.kind, 0, 0.0, project.overlap, 0, 0, False, False, "label", now)
             for tid, pid in zip(task_ids, prompt_ids, strict=True)
         ),
     )

@@ -146,6 +146,11 @@ CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_TASK_DEFAULT_QUEUE = "cpu"
 CELERY_TASK_ROUTES = {"annotation.tasks.*": {"queue": "cpu"}}
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+# Beat starts due rounds and revives lost jobs; the trigger lives in the database, so a tick that
+# is missed while the broker is down only delays a round.
+CELERY_BEAT_SCHEDULE = {
+    "loop-tick": {"task": "annotation.tasks.loop_tick", "schedule": float(os.environ.get("TANDEM_LOOP_TICK_SECONDS", "10"))},
+}
 
 # --- Tandem -------------------------------------------------------------------
 # Imports above this size are refused outright; above the inline size they run
@@ -153,6 +158,8 @@ CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 TANDEM_IMPORT_MAX_BYTES = int(os.environ.get("TANDEM_IMPORT_MAX_BYTES", 512 * 1024 * 1024))
 TANDEM_IMPORT_INLINE_BYTES = int(os.environ.get("TANDEM_IMPORT_INLINE_BYTES", 2 * 1024 * 1024))
 TANDEM_EXPORT_CHUNK = 2000
+# A running stage reports progress at least this often; silence longer than this means its worker died.
+TANDEM_LOOP_STALE_SECONDS = int(os.environ.get("TANDEM_LOOP_STALE_SECONDS", "120"))
 TANDEM_ARTIFACT_ROOT = Path(os.environ.get("TANDEM_ARTIFACT_ROOT", VAR_DIR / "artifacts"))
 
 LOGGING = {

@@ -1,0 +1,202 @@
+"""Reads of the online loop: rounds with their metrics, model versions, annotator throughput."""
+
+import math
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from django.contrib.auth.models import AbstractUser
+from django.db.models import Count, QuerySet
+from django.db.models.functions import TruncMinute
+
+from ..errors import NotFound
+from ..models import Judgement, ModelVersion, Project, Round, TaskResponse, TrainingRun
+from . import EXPORT, access_project, project_visible_to
+
+Z_95 = 1.959963984540054
+
+
+def wilson_interval(successes: float, n: int, z: float = Z_95) -> tuple[float, float]:
+    """Wilson score interval for a proportion (ties count as half a win, so successes may be fractional)."""
+    if n == 0:
+        return (0.0, 1.0)
+    p = successes / n
+    denominator = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denominator
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denominator
+    return (max(0.0, centre - half), min(1.0, centre + half))
+
+
+@dataclass(frozen=True)
+class WinRate:
+    wins: float
+    n: int
+
+    @property
+    def rate(self) -> float | None:
+        return self.wins / self.n if self.n else None
+
+    @property
+    def interval(self) -> tuple[float, float] | None:
+        return wilson_interval(self.wins, self.n) if self.n else None
+
+
+def human_win_rates(*, project: Project) -> dict[int, WinRate]:
+    """Per round: how often humans preferred π_r's answer over π_{r-1}'s in the blind evaluation tasks."""
+    policy_of_round = dict(
+        ModelVersion.objects.filter(project=project, kind=ModelVersion.Kind.POLICY).values_list(
+            "round", "id"
+        )
+    )
+    new_side: dict[int, str] = {}
+    slots = TaskResponse.objects.filter(
+        task__project=project, task__purpose="evaluation"
+    ).values_list("task_id", "task__round", "position", "response__model_version_id")
+    for task_id, round_number, position, version_id in slots:
+        if version_id is not None and version_id == policy_of_round.get(round_number):
+            new_side[task_id] = "AB"[position]
+    totals: dict[int, list[float]] = {}
+    for task_id, round_number, choice in Judgement.objects.filter(
+        project=project, task__purpose="evaluation"
+    ).values_list("task_id", "task__round", "answer"):
+        if task_id not in new_side:
+            continue
+        score = 1.0 if choice == new_side[task_id] else 0.0 if choice in ("A", "B") else 0.5
+        totals.setdefault(round_number, [0.0, 0])
+        totals[round_number][0] += score
+        totals[round_number][1] += 1
+    return {r: WinRate(wins=w, n=int(n)) for r, (w, n) in totals.items()}
+
+
+@dataclass(frozen=True)
+class RoundRow:
+    number: int
+    status: str
+    trigger: str
+    judgements: int
+    reward_accuracy: float | None
+    win_rate: float | None
+    win_rate_ci: tuple[float, float] | None
+    win_rate_n: int
+    policy_version: str | None
+    policy_version_id: int | None
+    error: str
+    started_at: datetime | None
+    finished_at: datetime | None
+    runs: list[TrainingRun]
+
+
+def rounds_of(*, project: Project) -> list[RoundRow]:
+    """The project's rounds, oldest first, with their metrics and stage runs (three queries)."""
+    rates = human_win_rates(project=project)
+    rounds = list(
+        Round.objects.filter(project=project)
+        .select_related("policy_version")
+        .prefetch_related("runs")
+        .order_by("number")
+    )
+    rows = []
+    for r in rounds:
+        rate = rates.get(r.number, WinRate(0.0, 0))
+        rows.append(
+            RoundRow(
+                number=r.number,
+                status=r.status,
+                trigger=r.trigger,
+                judgements=r.judgements,
+                reward_accuracy=r.reward_accuracy,
+                win_rate=rate.rate,
+                win_rate_ci=rate.interval,
+                win_rate_n=rate.n,
+                policy_version=r.policy_version.name if r.policy_version else None,
+                policy_version_id=r.policy_version_id,
+                error=r.error,
+                started_at=r.started_at,
+                finished_at=r.finished_at,
+                runs=list(r.runs.all()),
+            )
+        )
+    return rows
+
+
+def judgements_per_round(*, project: Project) -> dict[int, int]:
+    """Human judgements collected on each round's tasks (round 0 = imported tasks)."""
+    return dict(
+        Judgement.objects.filter(project=project)
+        .values_list("task__round")
+        .annotate(n=Count("id"))
+        .order_by("task__round")
+        .values_list("task__round", "n")
+    )
+
+
+def throughput(*, project: Project, minutes: int = 60) -> list[tuple[datetime, int]]:
+    """Judgements per minute over the last `minutes` minutes that saw any."""
+    rows = (
+        Judgement.objects.filter(project=project)
+        .annotate(minute=TruncMinute("created_at"))
+        .values_list("minute")
+        .annotate(n=Count("id"))
+        .order_by("-minute")
+        .values_list("minute", "n")[:minutes]
+    )
+    return list(reversed(list(rows)))
+
+
+def active_runs(*, project: Project) -> QuerySet[TrainingRun]:
+    return (
+        TrainingRun.objects.filter(round__project=project)
+        .exclude(status=TrainingRun.Status.SUCCEEDED)
+        .select_related("round")
+        .order_by("round__number", "position")
+    )
+
+
+def models_visible_to(
+    *, user: AbstractUser, project_id: int | None = None
+) -> QuerySet[ModelVersion]:
+    """Model versions of the projects the user may export from."""
+    if project_id is not None:
+        project, _ = access_project(user=user, project_id=project_id, roles=EXPORT)
+        return ModelVersion.objects.filter(project=project).order_by("project_id", "kind", "round")
+    projects = project_visible_to(user=user)
+    if not user.is_staff:
+        projects = projects.filter(memberships__user=user, memberships__role__in=EXPORT)
+    return ModelVersion.objects.filter(project__in=projects).order_by("project_id", "kind", "round")
+
+
+def access_model(*, user: AbstractUser, model_id: int) -> ModelVersion:
+    version = ModelVersion.objects.select_related("project").filter(pk=model_id).first()
+    if version is None:
+        raise NotFound("model version not found")
+    access_project(user=user, project_id=version.project_id, roles=EXPORT)
+    return version
+
+
+def round_payload(row: RoundRow) -> dict[str, Any]:
+    """The REST shape of a round (fields may be added, names never changed)."""
+    return {
+        "number": row.number,
+        "status": row.status,
+        "judgements": row.judgements,
+        "reward_accuracy": row.reward_accuracy,
+        "win_rate": row.win_rate,
+        "win_rate_ci": list(row.win_rate_ci) if row.win_rate_ci else None,
+        "win_rate_n": row.win_rate_n,
+        "policy_version": row.policy_version_id,
+        "trigger": row.trigger,
+        "error": row.error,
+        "started_at": row.started_at.isoformat() if row.started_at else None,
+        "finished_at": row.finished_at.isoformat() if row.finished_at else None,
+        "stages": [
+            {
+                "stage": run.stage,
+                "status": run.status,
+                "progress_step": run.progress_step,
+                "progress_total": run.progress_total,
+                "loss": run.loss,
+                "error": run.error,
+            }
+            for run in row.runs
+        ],
+    }

@@ -1,0 +1,649 @@
+"""The online loop, one round at a time (DESIGN.md "The online loop").
+
+A round is a chain of stages, each one Celery job and one TrainingRun row:
+
+    reward    fit the reward ensemble on every human judgement so far, evaluate it on held-out ones
+    policy    train π_r by DPO from π_{r-1} against the fixed reference π_0, register the ModelVersion
+    generate  sample K responses per prompt from π_r for the next prompt batch, and one response each
+              from π_r and π_{r-1} on held-out prompts
+    select    score the candidates with the ensemble, send pairs to humans by priority (ensemble
+              disagreement first), let the ensemble label the rest, and create blind evaluation tasks
+
+Jobs are idempotent: a stage that already succeeded is skipped; a model whose artifact was published
+before a crash is registered from its manifest instead of being trained again; a ModelVersion is
+unique per (project, kind, round). A worker killed mid-stage leaves the run 'running' with a stale
+heartbeat, and `loop_tick` (run by beat) re-queues it. Triggers are derived from the database, never
+from a message, so a broker outage delays a round but cannot lose it.
+"""
+
+import logging
+import random
+import threading
+import traceback
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+from django.conf import settings as django_settings
+from django.db import IntegrityError, connections, transaction
+from django.db.models import Max
+from django.utils import timezone
+
+from ..errors import Conflict, InvalidInput
+from ..loop import LoopSettings
+from ..models import (
+    FeedbackKind,
+    Judgement,
+    ModelVersion,
+    Project,
+    Prompt,
+    Response,
+    Round,
+    Split,
+    Task,
+    TaskResponse,
+    TrainingRun,
+)
+from ..selectors.export import Position, export_judgements
+
+logger = logging.getLogger(__name__)
+
+STAGES = ("reward", "policy", "generate", "select")
+MAX_ATTEMPTS = 3
+EVALUATION_PRIORITY = (
+    1e6  # evaluation tasks are few and carry the round's headline number: ask first
+)
+
+
+class StageError(Exception):
+    """A stage cannot run with the data at hand; the message is shown on the dashboard as is."""
+
+
+# --- settings and starting ---------------------------------------------------------------------
+
+
+def loop_configure(*, project: Project, data: dict[str, Any]) -> LoopSettings:
+    """Validates and stores the loop settings (merged over the current ones)."""
+    merged = {**LoopSettings.parse(project.loop).as_json(), **data}
+    loop = LoopSettings.parse(merged)
+    if project.kind != FeedbackKind.PAIRWISE and loop.enabled:
+        raise InvalidInput(
+            "the online loop runs on pairwise projects",
+            errors=[{"field": "enabled", "message": "pairwise only"}],
+        )
+    project.loop = loop.as_json()
+    project.save(update_fields=["loop"])
+    return loop
+
+
+def round_start(*, project: Project, trigger: str = "manual") -> Round:
+    """Queues the project's next round; Conflict when one is already queued or running."""
+    loop = LoopSettings.parse(project.loop)
+    if not loop.policy_model:
+        raise InvalidInput(
+            "set the loop's base policy before starting a round",
+            errors=[{"field": "policy_model", "message": "required"}],
+        )
+    try:
+        with transaction.atomic():
+            _base_policy(project, loop)
+            number = (
+                Round.objects.filter(project=project).aggregate(m=Max("number"))["m"] or 0
+            ) + 1
+            loop_round = Round.objects.create(project=project, number=number, trigger=trigger)
+            runs = TrainingRun.objects.bulk_create(
+                TrainingRun(round=loop_round, stage=stage, position=i, heartbeat_at=timezone.now())
+                for i, stage in enumerate(STAGES)
+            )
+            first = runs[0]
+            transaction.on_commit(lambda: _enqueue(first, loop.queue))
+    except IntegrityError:
+        raise Conflict("a round of this project is already queued or running") from None
+    return loop_round
+
+
+def _base_policy(project: Project, loop: LoopSettings) -> ModelVersion:
+    """π_0 is registered as the round-0 policy version so every response can name its source."""
+    version, _ = ModelVersion.objects.get_or_create(
+        project=project,
+        kind=ModelVersion.Kind.POLICY,
+        round=0,
+        defaults={"name": "π0 (base)", "artifact_path": loop.policy_model},
+    )
+    return version
+
+
+def _enqueue(run: TrainingRun, queue: str) -> None:
+    from ..tasks import run_round_stage  # the Celery bridge imports services
+
+    try:
+        run_round_stage.apply_async(args=[run.pk], queue=queue)
+    except Exception:
+        # The broker is down: the run stays queued and loop_tick sends it again once it is back.
+        logger.warning("could not enqueue run %s; loop_tick will retry", run.pk, exc_info=True)
+
+
+# --- the tick: triggers and recovery, derived from the database ---------------------------------
+
+
+def fresh_judgements(*, project: Project) -> int:
+    """Human judgements not yet used by any round."""
+    last = Round.objects.filter(project=project).exclude(data_cursor="").order_by("-number").first()
+    judgements = Judgement.objects.filter(project=project)
+    if last is not None:
+        judgements = judgements.filter(Position.decode(last.data_cursor).after())
+    return judgements.count()
+
+
+def loop_tick(*, stale_after: timedelta | None = None) -> list[int]:
+    """Starts due rounds and revives lost or dead jobs; returns the ids of the rounds it started."""
+    stale_after = stale_after or timedelta(seconds=django_settings.TANDEM_LOOP_STALE_SECONDS)
+    now = timezone.now()
+    for run in TrainingRun.objects.filter(
+        status__in=[TrainingRun.Status.QUEUED, TrainingRun.Status.RUNNING],
+        heartbeat_at__lt=now - stale_after,
+    ).select_related("round__project"):
+        if run.round.status not in Round.ACTIVE or not _is_next(run):
+            continue
+        if run.attempts >= MAX_ATTEMPTS:
+            _fail(run, "the job died or was lost three times; see the worker logs")
+            continue
+        TrainingRun.objects.filter(pk=run.pk).update(
+            status=TrainingRun.Status.QUEUED, heartbeat_at=now
+        )
+        _enqueue(run, LoopSettings.parse(run.round.project.loop).queue)
+
+    started = []
+    for project in Project.objects.filter(archived=False, loop__enabled=True):
+        loop = LoopSettings.parse(project.loop)
+        if (
+            loop.trigger_judgements <= 0
+            or Round.objects.filter(project=project, status__in=Round.ACTIVE).exists()
+        ):
+            continue
+        if fresh_judgements(project=project) >= loop.trigger_judgements:
+            try:
+                started.append(round_start(project=project, trigger="auto").pk)
+            except Conflict:
+                continue
+    return started
+
+
+def _is_next(run: TrainingRun) -> bool:
+    """Only the first unfinished stage of a round may run."""
+    first_open = (
+        run.round.runs.exclude(status=TrainingRun.Status.SUCCEEDED).order_by("position").first()
+    )
+    return first_open is not None and first_open.pk == run.pk
+
+
+# --- running a stage ------------------------------------------------------------------------------
+
+
+def stage_run(*, run_id: int) -> str:
+    """Runs one stage of a round (the Celery job's body). Safe to call again for the same run."""
+    with transaction.atomic():
+        run = (
+            TrainingRun.objects.select_for_update().select_related("round__project").get(pk=run_id)
+        )
+        # Only a queued run is claimed: a duplicate message (redelivery after a crash, or a re-send by
+        # loop_tick) finds it running or finished and leaves it alone.
+        if run.status != TrainingRun.Status.QUEUED or run.round.status not in Round.ACTIVE:
+            return run.status
+        if not _is_next(run):
+            return "not-next"
+        now = timezone.now()
+        run.status = TrainingRun.Status.RUNNING
+        run.attempts += 1
+        run.started_at = run.started_at or now
+        run.heartbeat_at = now
+        run.error = ""
+        run.save()
+        loop_round = run.round
+        if loop_round.status == Round.Status.QUEUED:
+            loop_round.status = Round.Status.RUNNING
+            loop_round.started_at = now
+            loop_round.save(update_fields=["status", "started_at"])
+
+    loop = LoopSettings.parse(loop_round.project.loop)
+    try:
+        with _heartbeat(run):
+            STAGE_BODIES[run.stage](run, loop, _progress_reporter(run))
+    except Exception as exc:
+        logger.exception("round %s stage %s failed", loop_round.pk, run.stage)
+        message = str(exc) if isinstance(exc, StageError) else f"{type(exc).__name__}: {exc}"
+        _fail(run, message, detail=traceback.format_exc())
+        return TrainingRun.Status.FAILED
+
+    with transaction.atomic():
+        run.status = TrainingRun.Status.SUCCEEDED
+        run.finished_at = timezone.now()
+        run.heartbeat_at = run.finished_at
+        run.save()
+        following = loop_round.runs.filter(position__gt=run.position).order_by("position").first()
+        if following is None:
+            Round.objects.filter(pk=loop_round.pk).update(
+                status=Round.Status.SUCCEEDED, finished_at=run.finished_at
+            )
+        else:
+            TrainingRun.objects.filter(pk=following.pk).update(heartbeat_at=run.finished_at)
+            transaction.on_commit(lambda: _enqueue(following, loop.queue))
+    return TrainingRun.Status.SUCCEEDED
+
+
+def _fail(run: TrainingRun, message: str, detail: str = "") -> None:
+    now = timezone.now()
+    with transaction.atomic():
+        TrainingRun.objects.filter(pk=run.pk).update(
+            status=TrainingRun.Status.FAILED,
+            error=message,
+            log=(run.log + "\n" + detail).strip(),
+            finished_at=now,
+        )
+        Round.objects.filter(pk=run.round_id).update(
+            status=Round.Status.FAILED, error=f"{run.stage}: {message}", finished_at=now
+        )
+
+
+@contextmanager
+def _heartbeat(run: TrainingRun) -> Iterator[None]:
+    """Keeps the run's heartbeat fresh while its stage works, even through long silent steps.
+
+    The thread dies with the worker process, so a SIGKILLed worker goes stale and loop_tick
+    re-queues the run; a live one never looks dead however long generation takes.
+    """
+    stop = threading.Event()
+    interval = max(1.0, django_settings.TANDEM_LOOP_STALE_SECONDS / 4)
+
+    def beat() -> None:
+        try:
+            while not stop.wait(interval):
+                TrainingRun.objects.filter(pk=run.pk).update(heartbeat_at=timezone.now())
+        finally:
+            connections.close_all()
+
+    thread = threading.Thread(target=beat, name=f"heartbeat-run-{run.pk}", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join(timeout=10)
+
+
+def _progress_reporter(run: TrainingRun) -> Callable[[Any], None]:
+    """Turns the training package's progress callbacks into row updates (and a heartbeat)."""
+
+    def report(progress: Any) -> None:
+        TrainingRun.objects.filter(pk=run.pk).update(
+            progress_step=int(progress.step),
+            progress_total=int(progress.total or 0),
+            loss=progress.loss,
+            heartbeat_at=timezone.now(),
+        )
+
+    return report
+
+
+def _artifact_root(project: Project) -> Path:
+    root = Path(django_settings.TANDEM_ARTIFACT_ROOT) / f"project-{project.pk}"
+    root.mkdir(parents=True, exist_ok=True)
+    return root
+
+
+def _publish_once(root: Path, name: str, train: Callable[[], Any]) -> tuple[Path, dict[str, Any]]:
+    """Trains unless a previous attempt already published this artifact (then reads its manifest)."""
+    from training.artifacts import clean_stale_temp, is_published, read_manifest
+
+    path = root / name
+    if is_published(path):
+        return path, dict(read_manifest(path).metrics)
+    if path.exists():
+        raise StageError(f"{path} exists but holds no manifest: remove it to retrain")
+    clean_stale_temp(root)
+    result = train()
+    return Path(result.path), dict(result.metrics)
+
+
+def _register(
+    run: TrainingRun,
+    kind: str,
+    name: str,
+    path: Path,
+    metrics: dict[str, Any],
+    parent: ModelVersion | None,
+) -> ModelVersion:
+    version, _ = ModelVersion.objects.get_or_create(
+        project=run.round.project,
+        kind=kind,
+        round=run.round.number,
+        defaults={"name": name, "artifact_path": str(path), "metrics": metrics, "parent": parent},
+    )
+    TrainingRun.objects.filter(pk=run.pk).update(model_version=version, metrics=metrics)
+    return version
+
+
+# --- the stages -----------------------------------------------------------------------------------
+
+
+def human_pairs(project: Project) -> tuple[list[Any], str, int]:
+    """Every decisive human judgement so far as training pairs, the export cursor, and the count."""
+    from training.data import parse_preference_rows
+
+    export = export_judgements(project=project, shape="pairs", since=None)
+    rows = list(export.rows)
+    return parse_preference_rows(rows), export.cursor, len(rows)
+
+
+def _stage_reward(run: TrainingRun, loop: LoopSettings, progress: Callable[[Any], None]) -> None:
+    from training.data import split_by_prompt
+    from training.reward import EnsembleConfig, RewardConfig, train_reward_ensemble
+
+    loop_round, project = run.round, run.round.project
+    pairs, cursor, count = human_pairs(project)
+    train, held_out = split_by_prompt(pairs, eval_fraction=0.2, seed=project.pk)
+    if len(train) < 4 or not held_out:
+        raise StageError(
+            f"the reward ensemble needs more decisive human judgements: {count} so far "
+            "(ties and both-bad answers do not count)"
+        )
+    config = EnsembleConfig(
+        members=loop.ensemble_members,
+        reward=RewardConfig(**{"backbone": loop.reward_backbone, **loop.reward}),
+    )
+    name = f"round-{loop_round.number}-reward"
+    path, metrics = _publish_once(
+        _artifact_root(project),
+        name,
+        lambda: train_reward_ensemble(
+            train,
+            config,
+            root=_artifact_root(project),
+            name=name,
+            eval_pairs=held_out,
+            progress=progress,
+            data_cursor=cursor,
+        ),
+    )
+    version = _register(run, ModelVersion.Kind.REWARD, name, path, metrics, parent=None)
+    accuracy = (metrics.get("eval") or {}).get("accuracy")
+    Round.objects.filter(pk=loop_round.pk).update(
+        reward_version=version, reward_accuracy=accuracy, data_cursor=cursor, judgements=count
+    )
+
+
+def _previous_policy(project: Project, number: int) -> ModelVersion:
+    return (
+        ModelVersion.objects.filter(
+            project=project, kind=ModelVersion.Kind.POLICY, round__lt=number
+        )
+        .order_by("-round")
+        .first()
+    )
+
+
+def model_labelled_pairs(project: Project) -> list[Any]:
+    """Pairs the reward ensemble labelled in earlier rounds, in the export's pair shape."""
+    from training.data import parse_preference_rows
+
+    rows = []
+    tasks = Task.objects.filter(project=project, auto_label__isnull=False).select_related("prompt")
+    slots: dict[int, list[str]] = {}
+    for task_id, text in (
+        TaskResponse.objects.filter(task__in=tasks)
+        .order_by("task_id", "position")
+        .values_list("task_id", "response__text")
+    ):
+        slots.setdefault(task_id, []).append(text)
+    for task in tasks:
+        first, second = slots[task.pk]
+        chosen, rejected = (first, second) if task.auto_label["choice"] == "A" else (second, first)
+        rows.append(
+            {
+                "prompt": task.prompt.messages,
+                "chosen": [{"role": "assistant", "content": chosen}],
+                "rejected": [{"role": "assistant", "content": rejected}],
+            }
+        )
+    return parse_preference_rows(rows)
+
+
+def _stage_policy(run: TrainingRun, loop: LoopSettings, progress: Callable[[Any], None]) -> None:
+    from training.policy import DPOConfig, train_dpo
+
+    loop_round, project = run.round, run.round.project
+    pairs, cursor, _ = human_pairs(project)
+    pairs = pairs + model_labelled_pairs(project)
+    previous = _previous_policy(project, loop_round.number)
+    base = _previous_policy(project, 1)
+    config = DPOConfig(**{"loss": "ipo" if loop.algorithm == "ipo" else "sigmoid", **loop.policy})
+    name = f"round-{loop_round.number}-policy"
+    path, metrics = _publish_once(
+        _artifact_root(project),
+        name,
+        lambda: train_dpo(
+            pairs,
+            config,
+            policy_ref=previous.artifact_path,
+            reference_ref=base.artifact_path,
+            root=_artifact_root(project),
+            name=name,
+            progress=progress,
+            data_cursor=cursor,
+            parent=previous.name,
+        ),
+    )
+    version = _register(run, ModelVersion.Kind.POLICY, name, path, metrics, parent=previous)
+    Round.objects.filter(pk=loop_round.pk).update(policy_version=version)
+
+
+def prompt_batch(project: Project, number: int, size: int) -> list[Prompt]:
+    """Round r's training prompts: the next `size` of the project's train prompts, wrapping around."""
+    ids = list(
+        Prompt.objects.filter(project=project, split=Split.TRAIN)
+        .order_by("id")
+        .values_list("id", flat=True)
+    )
+    if not ids:
+        return []
+    start = ((number - 1) * size) % len(ids)
+    chosen = [ids[(start + i) % len(ids)] for i in range(min(size, len(ids)))]
+    by_id = Prompt.objects.in_bulk(chosen)
+    return [by_id[i] for i in chosen]
+
+
+def _stage_generate(run: TrainingRun, loop: LoopSettings, progress: Callable[[Any], None]) -> None:
+    from training.generation import GenerationConfig, TransformersGenerator
+
+    loop_round, project = run.round, run.round.project
+    policy = loop_round.policy_version or ModelVersion.objects.get(
+        project=project, kind="policy", round=loop_round.number
+    )
+    previous = _previous_policy(project, loop_round.number)
+    if Response.objects.filter(model_version=policy).exists():
+        return  # an earlier attempt got this far; the responses are already stored
+    prompts = prompt_batch(project, loop_round.number, loop.prompts_per_round)
+    if not prompts:
+        raise StageError("the project has no training prompts to generate for")
+    evaluation = list(
+        Prompt.objects.filter(project=project, split=Split.EVAL).order_by("id")[: loop.eval_prompts]
+    )
+    config = GenerationConfig(
+        **{"k": loop.samples_per_prompt, "seed": loop_round.number, **loop.generation}
+    )
+    current = TransformersGenerator(policy.artifact_path)
+    progress_total = len(prompts) + 2 * len(evaluation)
+    samples = current.generate([p.messages for p in prompts], config)
+    progress(_Progress(len(prompts), progress_total))
+    single = GenerationConfig(**{**config.__dict__, "k": 1})
+    new_side = current.generate([p.messages for p in evaluation], single) if evaluation else []
+    del current
+    old_side = (
+        TransformersGenerator(previous.artifact_path).generate(
+            [p.messages for p in evaluation], single
+        )
+        if evaluation
+        else []
+    )
+    progress(_Progress(progress_total, progress_total))
+    with transaction.atomic():
+        Response.objects.bulk_create(
+            Response(prompt=p, text=text, model_name=policy.name, model_version=policy)
+            for p, texts in zip(prompts, samples, strict=True)
+            for text in texts
+        )
+        Response.objects.bulk_create(
+            Response(
+                prompt=p,
+                text=texts[0],
+                model_name=policy.name,
+                model_version=policy,
+            )
+            for p, texts in zip(evaluation, new_side, strict=True)
+        )
+        Response.objects.bulk_create(
+            Response(prompt=p, text=texts[0], model_name=previous.name, model_version=previous)
+            for p, texts in zip(evaluation, old_side, strict=True)
+        )
+    TrainingRun.objects.filter(pk=run.pk).update(
+        metrics={
+            "prompts": len(prompts),
+            "samples": sum(len(s) for s in samples),
+            "evaluation_prompts": len(evaluation),
+        }
+    )
+
+
+class _Progress:
+    def __init__(self, step: int, total: int):
+        self.step, self.total, self.loss = step, total, None
+
+
+def _stage_select(run: TrainingRun, loop: LoopSettings, progress: Callable[[Any], None]) -> None:
+    import numpy as np
+
+    from training.reward import RewardEnsemble
+    from training.selection import select_pairs
+
+    loop_round, project = run.round, run.round.project
+    if Task.objects.filter(project=project, round=loop_round.number).exists():
+        return  # tasks were created by an earlier attempt, in the same transaction as each other
+    policy = ModelVersion.objects.get(project=project, kind="policy", round=loop_round.number)
+    previous = _previous_policy(project, loop_round.number)
+    train_prompt_ids = [
+        p.pk for p in prompt_batch(project, loop_round.number, loop.prompts_per_round)
+    ]
+    responses: dict[int, list[Response]] = {}
+    for response in Response.objects.filter(
+        model_version=policy, prompt_id__in=train_prompt_ids
+    ).order_by("id"):
+        responses.setdefault(response.prompt_id, []).append(response)
+    prompt_ids = [pid for pid in train_prompt_ids if len(responses.get(pid, [])) >= 2]
+    prompts = Prompt.objects.in_bulk(prompt_ids)
+    candidates = [[r.text for r in responses[pid]] for pid in prompt_ids]
+
+    ensemble = RewardEnsemble.load(loop_round.reward_version.artifact_path)
+    flat_prompts = [
+        prompts[pid].messages
+        for pid, texts in zip(prompt_ids, candidates, strict=True)
+        for _ in texts
+    ]
+    flat_completions = [text for texts in candidates for text in texts]
+    scores = ensemble.score(flat_prompts, flat_completions).members
+    k = loop.samples_per_prompt
+    per_prompt = scores.reshape(scores.shape[0], len(prompt_ids), k)
+    selected = select_pairs(candidates, per_prompt, strategy=loop.selection, seed=loop_round.number)
+    humans = round(len(selected) * loop.human_share)
+    progress(_Progress(1, 2))
+
+    rng = random.Random(f"{project.pk}-{loop_round.number}")
+    with transaction.atomic():
+        for index, pick in enumerate(selected):
+            pid = prompt_ids[pick.prompt_index]
+            first, second = responses[pid][pick.first], responses[pid][pick.second]
+            auto_label = None
+            if index >= humans:
+                mean = per_prompt.mean(axis=0)[pick.prompt_index]
+                auto_label = {
+                    "choice": "A",
+                    "margin": float(mean[pick.first] - mean[pick.second]),
+                    "reward_version": loop_round.reward_version_id,
+                }
+            _task_create(
+                project,
+                prompts[pid],
+                [first, second],
+                round_number=loop_round.number,
+                priority=pick.priority,
+                auto_label=auto_label,
+            )
+        evaluations = 0
+        new_side = {
+            r.prompt_id: r
+            for r in Response.objects.filter(model_version=policy).exclude(
+                prompt_id__in=train_prompt_ids
+            )
+        }
+        old_side = {
+            r.prompt_id: r
+            for r in Response.objects.filter(model_version=previous, prompt_id__in=new_side)
+        }
+        for pid, response in new_side.items():
+            if pid not in old_side:
+                continue
+            pair = [response, old_side[pid]]
+            rng.shuffle(pair)  # blind: the new policy is A or B at random
+            _task_create(
+                project,
+                response.prompt,
+                pair,
+                round_number=loop_round.number,
+                priority=EVALUATION_PRIORITY,
+                purpose="evaluation",
+            )
+            evaluations += 1
+    TrainingRun.objects.filter(pk=run.pk).update(
+        metrics={
+            "human_tasks": humans,
+            "model_labelled": len(selected) - humans,
+            "evaluation_tasks": evaluations,
+            "mean_priority": float(np.mean([p.priority for p in selected])) if selected else 0.0,
+        }
+    )
+
+
+def _task_create(
+    project: Project,
+    prompt: Prompt,
+    shown: list[Response],
+    *,
+    round_number: int,
+    priority: float,
+    auto_label: dict | None = None,
+    purpose: str = "label",
+) -> Task:
+    task = Task.objects.create(
+        project=project,
+        prompt=prompt,
+        kind=project.kind,
+        round=round_number,
+        priority=priority,
+        overlap=project.overlap,
+        purpose=purpose,
+        auto_label=auto_label,
+        is_complete=auto_label is not None,
+    )
+    TaskResponse.objects.bulk_create(
+        TaskResponse(task=task, response=r, position=i) for i, r in enumerate(shown)
+    )
+    return task
+
+
+STAGE_BODIES: dict[str, Callable[[TrainingRun, LoopSettings, Callable[[Any], None]], None]] = {
+    "reward": _stage_reward,
+    "policy": _stage_policy,
+    "generate": _stage_generate,
+    "select": _stage_select,
+}
