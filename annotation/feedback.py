@@ -11,6 +11,7 @@ from .errors import InvalidInput
 from .models import FeedbackKind
 
 MAX_RATIONALE_CHARS = 10_000
+MAX_TIME_SPENT_MS = 7 * 24 * 3600 * 1000  # a week: anything longer is a broken client clock
 STRENGTH_LABELS = {1: "slightly better", 2: "clearly better", 3: "much better"}
 
 

@@ -45,13 +45,16 @@ class JudgementForm(forms.Form):
         max_length=MAX_RATIONALE_CHARS,
         widget=forms.Textarea(
             attrs={
-                "rows": 3,
+                "rows": 2,
                 "data-key": "r",
                 "placeholder": "Why? (optional, but it helps reviewers)",
             }
         ),
     )
-    time_spent_ms = forms.IntegerField(required=False, min_value=0, widget=forms.HiddenInput)
+    # The column is a 32-bit integer; a larger value would fail in the database, not here.
+    time_spent_ms = forms.IntegerField(
+        required=False, min_value=0, max_value=2**31 - 1, widget=forms.HiddenInput
+    )
     idempotency_key = forms.CharField(max_length=128, widget=forms.HiddenInput)
 
     def payload(self) -> dict:
@@ -103,7 +106,13 @@ def add_service_errors(form: forms.Form, exc: TandemError) -> None:
     for error in exc.errors:
         field = error.get("field")
         if field in form.fields:
-            form.add_error(field, error.get("message", exc.message))
+            # A service that stops at its first error words it fully in its message ("overlap:
+            # must be between 1 and 50") and only tersely in the list ("1..50").
+            if len(exc.errors) == 1:
+                message = exc.message.removeprefix(f"{field}: ")
+            else:
+                message = error.get("message") or exc.message
+            form.add_error(field, message)
             placed = True
     if not placed:
         form.add_error(None, exc.message)

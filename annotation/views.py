@@ -9,12 +9,12 @@ from django.contrib.auth.views import redirect_to_login
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
-from django_htmx.http import HttpResponseClientRedirect
+from django_htmx.http import HttpResponseClientRedirect, trigger_client_event
 
 from . import selectors, services
 from .errors import Conflict, TandemError
 from .forms import ImportForm, JudgementForm, MemberForm, ProjectCreateForm, add_service_errors
-from .models import ImportJob, Project
+from .models import Assignment, ImportJob, Project
 from .selectors import pages
 
 ANNOTATE_PAGE = "annotation/annotate.html"
@@ -53,10 +53,6 @@ def _error(request: HttpRequest, message: str, *, status: int) -> HttpResponse:
     )
 
 
-def _partial(request: HttpRequest, template: str, name: str) -> str:
-    return f"{template}#{name}" if request.htmx else template
-
-
 # --- annotators ------------------------------------------------------------------------------
 
 
@@ -77,7 +73,7 @@ def _render_task(
     request: HttpRequest,
     project: Project,
     *,
-    assignment=None,
+    assignment: Assignment | None = None,
     form: JudgementForm | None = None,
     notice: str = "",
     status: int = 200,
@@ -88,9 +84,7 @@ def _render_task(
     same task instead of leasing another one.
     """
     if assignment is None:
-        assignment = selectors.live_assignment_for(
-            annotator=request.user, project=project
-        ) or services.assignment_lease(annotator=request.user, project=project)
+        assignment = services.assignment_current_or_lease(annotator=request.user, project=project)
     context = {
         "project": project,
         "assignment": assignment,
@@ -105,12 +99,19 @@ def _render_task(
         # Counting over the whole project stays off the per-task path (DESIGN.md, Hot paths):
         # the full page shows it, and the header refreshes it now and then.
         context["progress"] = selectors.project_progress(project=project)
-    return render(request, _partial(request, ANNOTATE_PAGE, "task-panel"), context, status=status)
+    template = f"{ANNOTATE_PAGE}#task-panel" if request.htmx else ANNOTATE_PAGE
+    response = render(request, template, context, status=status)
+    if request.htmx and assignment is None:
+        # The queue just ran dry: the header's project progress is worth refreshing now.
+        trigger_client_event(response, "tandem:queue-empty")
+    return response
 
 
 @require_GET
 @page
 def annotate(request: HttpRequest, project_id: int) -> HttpResponse:
+    # Opening the page leases a task (a write on GET): the queue is the page, and a lease that
+    # nobody works simply expires back into the queue after the project's lease seconds.
     project, _ = selectors.access_project(
         user=request.user, project_id=project_id, roles=selectors.ANNOTATE
     )
@@ -204,7 +205,7 @@ def _render_project(
     request: HttpRequest,
     project: Project,
     *,
-    partial: str,
+    partial: str = "",
     job: ImportJob | None = None,
     import_form: ImportForm | None = None,
     member_form: MemberForm | None = None,
@@ -225,7 +226,8 @@ def _render_project(
     if not request.htmx:
         context["progress"] = selectors.project_progress(project=project)
         context["annotators"] = selectors.annotator_table(project=project)
-    return render(request, _partial(request, PROJECT_PAGE, partial), context, status=status)
+    template = f"{PROJECT_PAGE}#{partial}" if partial and request.htmx else PROJECT_PAGE
+    return render(request, template, context, status=status)
 
 
 @require_GET
@@ -234,7 +236,7 @@ def project_detail(request: HttpRequest, project_id: int) -> HttpResponse:
     project, _ = selectors.access_project(
         user=request.user, project_id=project_id, roles=selectors.MANAGE
     )
-    return _render_project(request, project, partial="page")
+    return _render_project(request, project)
 
 
 @require_POST
@@ -244,35 +246,34 @@ def import_create(request: HttpRequest, project_id: int) -> HttpResponse:
         user=request.user, project_id=project_id, roles=selectors.MANAGE
     )
     form = ImportForm(request.POST, request.FILES)
-    job = None
-    if form.is_valid():
-        upload = form.cleaned_data["file"]
-        try:
-            job = services.import_create(
-                project=project,
-                user=request.user,
-                stream=upload,
-                size=upload.size,
-                filename=upload.name,
-            )
-        except TandemError as exc:
-            add_service_errors(form, exc)
-    failed = job is None or job.status == ImportJob.Status.FAILED
-    return _render_project(
-        request,
-        project,
-        partial="import-response",
-        job=job,
-        import_form=form if job is None else None,
-        status=400 if failed else 200,
-    )
+    if not form.is_valid():
+        return _render_project(
+            request, project, partial="import-response", import_form=form, status=400
+        )
+    upload = form.cleaned_data["file"]
+    try:
+        job = services.import_create(
+            project=project,
+            user=request.user,
+            stream=upload,
+            size=upload.size,
+            filename=upload.name,
+        )
+    except TandemError as exc:
+        add_service_errors(form, exc)
+        return _render_project(
+            request, project, partial="import-response", import_form=form, status=exc.status
+        )
+    # A failed import is a finished job listing its bad lines; it is still the user's input at fault.
+    status = 400 if job.status == ImportJob.Status.FAILED else 200
+    return _render_project(request, project, partial="import-response", job=job, status=status)
 
 
 @require_GET
 @page
 def import_detail(request: HttpRequest, import_id: int) -> HttpResponse:
     job = selectors.access_import(user=request.user, import_id=import_id)
-    return _render_project(request, job.project, partial="import-response", job=job)
+    return _render_project(request, job.project, partial="import-status", job=job)
 
 
 @require_POST

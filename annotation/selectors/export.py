@@ -65,8 +65,15 @@ def annotator_pseudonym(user_id: int) -> str:
     return f"a-{digest[:8]}"
 
 
-def _settled(project: Project):
+def _of(project: Project, prompt_split: str | None):
     judgements = Judgement.objects.filter(project=project)
+    if prompt_split is not None:
+        judgements = judgements.filter(task__prompt__split=prompt_split)
+    return judgements
+
+
+def _settled(project: Project, prompt_split: str | None = None):
+    judgements = _of(project, prompt_split)
     if connection.vendor == "postgresql":
         judgements = judgements.filter(
             commit_seq__lt=RawSQL("pg_snapshot_xmin(pg_current_snapshot())::text::bigint", [])
@@ -99,13 +106,20 @@ _FIELDS = (
 
 
 def export_judgements(
-    *, project: Project, shape: str, since: str | None, chunk: int | None = None
+    *,
+    project: Project,
+    shape: str,
+    since: str | None,
+    chunk: int | None = None,
+    prompt_split: str | None = None,
 ) -> Export:
     """Judgements of the project after `since`, as TRL-ready rows, and the cursor to pass next time.
 
     shape "pairs": one {prompt, chosen, rejected, margin, ...} row per decisive pairwise judgement
     (ties and both-bad are left out, as DPO cannot use them); "raw": every judgement with its
-    payload and the responses it was given. Preconditions: the caller may export this project.
+    payload and the responses it was given. `prompt_split` keeps only judgements on prompts of that
+    split (the loop trains on "train" prompts only, so its held-out evaluation stays held out).
+    Preconditions: the caller may export this project.
     """
     if shape not in SHAPES:
         raise InvalidInput(
@@ -114,7 +128,7 @@ def export_judgements(
         )
     start = Position.decode(since)
     last = (
-        _settled(project)
+        _settled(project, prompt_split)
         .filter(start.after())
         .order_by("-commit_seq", "-id")
         .values_list("commit_seq", "id")
@@ -125,16 +139,19 @@ def export_judgements(
     end = Position(*last)
     return Export(
         cursor=end.encode(),
-        rows=_rows(project, shape, start, end, chunk or settings.TANDEM_EXPORT_CHUNK),
+        rows=_rows(project, shape, start, end, chunk or settings.TANDEM_EXPORT_CHUNK, prompt_split),
     )
 
 
 def _rows(
-    project: Project, shape: str, start: Position, end: Position, chunk: int
+    project: Project,
+    shape: str,
+    start: Position,
+    end: Position,
+    chunk: int,
+    prompt_split: str | None,
 ) -> Iterator[dict[str, Any]]:
-    base = (
-        Judgement.objects.filter(project=project).filter(end.up_to()).order_by("commit_seq", "id")
-    )
+    base = _of(project, prompt_split).filter(end.up_to()).order_by("commit_seq", "id")
     position = start
     pseudonyms: dict[int, str] = {}
     while True:

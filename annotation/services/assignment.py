@@ -15,6 +15,7 @@ from django.utils import timezone
 
 from ..errors import Conflict
 from ..models import Assignment, Project, Task
+from ..selectors import live_assignment_for
 
 # A lease attempt can lose a race (same annotator in two tabs) or land on a task whose expired
 # leases turn out to be still live; a few retries cover both without looping forever.
@@ -115,3 +116,10 @@ def assignment_skip(*, assignment: Assignment) -> None:
             task.live_leases = max(0, task.live_leases - 1)
             task.next_lease_expiry = earliest_live_expiry(task)
             task.save(update_fields=["live_leases", "next_lease_expiry"])
+
+
+def assignment_current_or_lease(*, annotator: AbstractUser, project: Project) -> Assignment | None:
+    """The lease the annotator already holds in the project (a reload shows the same task), else a new one."""
+    return live_assignment_for(annotator=annotator, project=project) or assignment_lease(
+        annotator=annotator, project=project
+    )

@@ -78,10 +78,12 @@ def _messages(value: Any) -> list[dict[str, str]]:
 def _responses(value: Any, *, minimum: int, maximum: int) -> list[tuple[str, str]]:
     if not isinstance(value, list):
         raise LineError("responses", "must be a list")
+    if not value:
+        return []  # a prompt for the online loop to generate for: no task until it has responses
     if not minimum <= len(value) <= maximum:
         wanted = str(minimum) if minimum == maximum else f"{minimum} to {maximum}"
         raise LineError(
-            "responses", f"this project's kind takes {wanted} responses, got {len(value)}"
+            "responses", f"this project's kind takes {wanted} responses (or none), got {len(value)}"
         )
     out = []
     for i, item in enumerate(value):
@@ -141,10 +143,18 @@ def parse_line(raw: bytes | str, *, line: int, kind: str) -> ImportLine:
     )
 
 
+@dataclass
+class ParsedImport:
+    items: list[ImportLine]
+    errors: list[dict[str, Any]]
+    error_count: int
+    lines: int
+
+
 def parse_import(
     lines: Iterable[bytes], *, project: Project, progress: Callable[[int], None] | None = None
-) -> tuple[list[ImportLine], list[dict[str, Any]], int]:
-    """Validates every line; returns (parsed lines, errors, error count). Blank lines are skipped."""
+) -> ParsedImport:
+    """Validates every line; blank lines are skipped. Errors name the line and the field."""
     parsed: list[ImportLine] = []
     errors: list[dict[str, Any]] = []
     error_count = 0
@@ -183,7 +193,7 @@ def parse_import(
     if not parsed and not error_count:
         fail(0, "the file holds no lines")
     errors.sort(key=lambda e: e["line"])
-    return parsed, errors, error_count
+    return ParsedImport(items=parsed, errors=errors, error_count=error_count, lines=number)
 
 
 def _existing_external_ids(project: Project, ids: list[str]) -> set[str]:
@@ -222,12 +232,14 @@ def _copy_rows(model: type[models.Model], columns: list[str], rows: Iterable[tup
 
 def _write_postgres(project: Project, items: list[ImportLine]) -> None:
     now = timezone.now()
-    n = len(items)
-    prompt_ids = _reserve_ids(Prompt, n)
-    task_ids = _reserve_ids(Task, n)
+    prompt_ids = _reserve_ids(Prompt, len(items))
+    with_tasks = [
+        (item, pid) for item, pid in zip(items, prompt_ids, strict=True) if item.responses
+    ]
+    task_ids = _reserve_ids(Task, len(with_tasks))
     response_ids = iter(_reserve_ids(Response, sum(len(i.responses) for i in items)))
     response_rows, slot_rows = [], []
-    for item, task_id, prompt_id in zip(items, task_ids, prompt_ids, strict=True):
+    for (item, prompt_id), task_id in zip(with_tasks, task_ids, strict=True):
         for position, (text, model) in enumerate(item.responses):
             response_id = next(response_ids)
             response_rows.append((response_id, prompt_id, text, model, now))
@@ -279,8 +291,22 @@ def _write_postgres(project: Project, items: list[ImportLine]) -> None:
             "created_at",
         ],
         (
-            (tid, project.pk, pid, project.kind, 0, 0.0, project.overlap, 0, 0, False, False, "label", now)
-            for tid, pid in zip(task_ids, prompt_ids, strict=True)
+            (
+                tid,
+                project.pk,
+                pid,
+                project.kind,
+                0,
+                0.0,
+                project.overlap,
+                0,
+                0,
+                False,
+                False,
+                "label",
+                now,
+            )
+            for tid, (_, pid) in zip(task_ids, with_tasks, strict=True)
         ),
     )
     _copy_rows(TaskResponse, ["task_id", "response_id", "position"], slot_rows)
@@ -304,12 +330,13 @@ def _write_portable(project: Project, items: list[ImportLine]) -> None:
             for p, i in zip(prompts, batch, strict=True)
             for text, model in i.responses
         )
+        asked = [(p, i) for p, i in zip(prompts, batch, strict=True) if i.responses]
         tasks = Task.objects.bulk_create(
             Task(project=project, prompt=p, kind=project.kind, overlap=project.overlap)
-            for p in prompts
+            for p, _ in asked
         )
         slots, cursor = [], iter(responses)
-        for task, item in zip(tasks, batch, strict=True):
+        for task, (_, item) in zip(tasks, asked, strict=True):
             for position in range(len(item.responses)):
                 slots.append(TaskResponse(task=task, response=next(cursor), position=position))
         TaskResponse.objects.bulk_create(slots)
@@ -330,9 +357,9 @@ def _lines(stream: IO[bytes]) -> Iterator[bytes]:
     yield from stream
 
 
-def _finish(
-    job: ImportJob, *, items: list[ImportLine], errors: list[dict], error_count: int
-) -> ImportJob:
+def _finish(job: ImportJob, parsed: ParsedImport) -> ImportJob:
+    items, errors, error_count = parsed.items, parsed.errors, parsed.error_count
+    job.lines_total = job.lines_done = parsed.lines
     if error_count:
         job.status = ImportJob.Status.FAILED
         job.errors = errors
@@ -370,9 +397,7 @@ def import_create(
     )
     if size <= settings.TANDEM_IMPORT_INLINE_BYTES:
         job.status = ImportJob.Status.VALIDATING
-        items, errors, error_count = parse_import(_lines(stream), project=project)
-        job.lines_total = job.lines_done = items[-1].line if items else 0
-        return _finish(job, items=items, errors=errors, error_count=error_count)
+        return _finish(job, parse_import(_lines(stream), project=project))
 
     directory = Path(settings.MEDIA_ROOT) / "imports"
     directory.mkdir(parents=True, exist_ok=True)
@@ -404,11 +429,8 @@ def import_run(*, job_id: int) -> ImportJob:
 
     try:
         with path.open("rb") as stream:
-            items, errors, error_count = parse_import(
-                stream, project=job.project, progress=progress
-            )
-        job.lines_done = job.lines_total
-        job = _finish(job, items=items, errors=errors, error_count=error_count)
+            parsed = parse_import(stream, project=job.project, progress=progress)
+        job = _finish(job, parsed)
     except Exception:
         logger.exception("import %s failed", job.pk)
         job.status = ImportJob.Status.FAILED

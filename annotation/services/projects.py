@@ -45,12 +45,13 @@ def project_create(
         raise InvalidInput("name: required", errors=[{"field": "name", "message": "required"}])
     if not 1 <= overlap <= 50:
         raise InvalidInput(
-            "overlap: must be between 1 and 50", errors=[{"field": "overlap", "message": "1..50"}]
+            "overlap: must be between 1 and 50",
+            errors=[{"field": "overlap", "message": "must be between 1 and 50"}],
         )
     if not 30 <= lease_seconds <= 7 * 24 * 3600:
         raise InvalidInput(
             "lease_seconds: must be between 30 seconds and 7 days",
-            errors=[{"field": "lease_seconds", "message": "30..604800"}],
+            errors=[{"field": "lease_seconds", "message": "must be between 30 seconds and 7 days"}],
         )
     with transaction.atomic():
         project = Project.objects.create(

@@ -329,10 +329,10 @@ def _register(
 
 
 def human_pairs(project: Project) -> tuple[list[Any], str, int]:
-    """Every decisive human judgement so far as training pairs, the export cursor, and the count."""
+    """Every decisive human judgement on training prompts so far as pairs, the export cursor, and the count."""
     from training.data import parse_preference_rows
 
-    export = export_judgements(project=project, shape="pairs", since=None)
+    export = export_judgements(project=project, shape="pairs", since=None, prompt_split=Split.TRAIN)
     rows = list(export.rows)
     return parse_preference_rows(rows), export.cursor, len(rows)
 
@@ -440,7 +440,10 @@ def _stage_policy(run: TrainingRun, loop: LoopSettings, progress: Callable[[Any]
 
 
 def prompt_batch(project: Project, number: int, size: int) -> list[Prompt]:
-    """Round r's training prompts: the next `size` of the project's train prompts, wrapping around."""
+    """Round r's training prompts: slice r of the project's train prompts, wrapping around.
+
+    Slice 0 is what round-0 tasks were usually imported for, so round 1 generates for fresh prompts.
+    """
     ids = list(
         Prompt.objects.filter(project=project, split=Split.TRAIN)
         .order_by("id")
@@ -448,7 +451,7 @@ def prompt_batch(project: Project, number: int, size: int) -> list[Prompt]:
     )
     if not ids:
         return []
-    start = ((number - 1) * size) % len(ids)
+    start = (number * size) % len(ids)
     chosen = [ids[(start + i) % len(ids)] for i in range(min(size, len(ids)))]
     by_id = Prompt.objects.in_bulk(chosen)
     return [by_id[i] for i in chosen]

@@ -76,7 +76,7 @@ BAD_LINES = [
     (
         json.dumps({"prompt": "p", "responses": ["only one"]}).encode(),
         "line 2",
-        "takes 2 responses, got 1",
+        "takes 2 responses (or none), got 1",
     ),
     (
         json.dumps({"prompt": "p", "responses": ["a", {"text": 3}]}).encode(),

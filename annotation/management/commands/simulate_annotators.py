@@ -1,0 +1,313 @@
+"""Drive the whole online loop unattended, through the REST API, with oracle annotators.
+
+For demos, load and end-to-end tests. A server and a worker must be running (`make demo` runs
+both). Without --project it sets up a loop project on tiny CPU models itself: π_0 is the oracle's
+supervised warm start, the reward ensemble sits on π_0's backbone, and the first batch of tasks
+holds two π_0 samples per prompt.
+"""
+
+import secrets
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import httpx
+from django.conf import settings
+from django.core.management.base import BaseCommand, CommandError
+from rest_framework.authtoken.models import Token
+
+from annotation import services
+from annotation.models import Project
+
+TINY_LOOP = {
+    "algorithm": "dpo",
+    "samples_per_prompt": 4,
+    "trigger_judgements": 0,
+    "human_share": 1.0,
+    "selection": "disagreement",
+    "queue": "cpu",
+    "ensemble_members": 3,
+    # Sizes from bench/oracle_loop.py, where they make the tiny policy learn within minutes on CPU.
+    "reward": {
+        "epochs": 6.0,
+        "learning_rate": 2e-3,
+        "batch_size": 16,
+        "max_length": 64,
+        "logging_steps": 10,
+    },
+    "policy": {
+        "learning_rate": 2e-3,
+        "epochs": 4.0,
+        "batch_size": 16,
+        "max_length": 64,
+        "beta": 0.1,
+    },
+    "generation": {"max_new_tokens": 16, "temperature": 1.0},
+}
+
+
+class Api:
+    def __init__(self, base: str, token: str, timeout: float = 60.0):
+        self.client = httpx.Client(
+            base_url=base.rstrip("/"), headers={"Authorization": f"Token {token}"}, timeout=timeout
+        )
+
+    def call(
+        self, method: str, path: str, *, expect: tuple[int, ...] = (200, 201), **kwargs: Any
+    ) -> httpx.Response:
+        response = self.client.request(method, path, **kwargs)
+        if response.status_code not in expect:
+            raise CommandError(
+                f"{method} {path} answered {response.status_code}: {response.text[:300]}"
+            )
+        return response
+
+
+class Command(BaseCommand):
+    help = "Runs the online loop with oracle annotators through the REST API and prints the rounds."
+
+    def add_arguments(self, parser):
+        parser.add_argument(
+            "--project", type=int, help="an existing loop project; without it one is created"
+        )
+        parser.add_argument(
+            "--annotators", type=int, default=4, help="simulated annotators working in parallel"
+        )
+        parser.add_argument(
+            "--oracle", default="warm-words", help="the hidden preference the annotators follow"
+        )
+        parser.add_argument("--rounds", type=int, default=2, help="rounds to run")
+        parser.add_argument(
+            "--url", default="http://127.0.0.1:8000", help="the running Tandem server"
+        )
+        parser.add_argument(
+            "--prompts-per-round", type=int, default=48, help="new project only: prompts per round"
+        )
+        parser.add_argument(
+            "--eval-prompts", type=int, default=16, help="new project only: held-out prompts"
+        )
+        parser.add_argument(
+            "--warm-start-steps", type=int, default=250, help="new project only: SFT steps for π_0"
+        )
+        parser.add_argument(
+            "--trigger",
+            choices=["manual", "auto"],
+            default="manual",
+            help="start rounds over the API, or let the judgement threshold do it",
+        )
+        parser.add_argument(
+            "--timeout", type=float, default=1800, help="give up after this many seconds"
+        )
+
+    def handle(self, *args, **options):
+        from training.oracles import oracle_named
+
+        try:
+            oracle = oracle_named(options["oracle"])
+        except ValueError as exc:
+            raise CommandError(str(exc)) from None
+        deadline = time.monotonic() + options["timeout"]
+        staff = _simulator_user()
+        api = Api(options["url"], Token.objects.get_or_create(user=staff)[0].key)
+        try:
+            api.call("GET", "/api/v1/projects")
+        except httpx.HTTPError as exc:
+            raise CommandError(
+                f"no Tandem server answers at {options['url']} ({exc}); start one with `make demo`"
+            ) from None
+
+        project_id = options["project"] or self._create_project(api, oracle, options)
+        if not Project.objects.filter(pk=project_id).exists():
+            raise CommandError(f"no project {project_id}")
+        tokens = self._annotators(api, project_id, options["annotators"])
+
+        for number in range(1, options["rounds"] + 1):
+            labelled = self._label_queue(options["url"], project_id, tokens, oracle, deadline)
+            self.stdout.write(f"round {number}: annotators gave {labelled} judgements")
+            if options["trigger"] == "manual":
+                api.call("POST", f"/api/v1/projects/{project_id}/rounds", expect=(201,))
+            self._wait_for_round(api, project_id, number, deadline)
+        # The last round's evaluation tasks carry its headline number: label them too.
+        self._label_queue(options["url"], project_id, tokens, oracle, deadline)
+        rounds = api.call("GET", f"/api/v1/projects/{project_id}/rounds").json()
+        self._print_table(project_id, rounds)
+
+    def _create_project(self, api: Api, oracle: Any, options: dict[str, Any]) -> int:
+        import random
+
+        from training.generation import GenerationConfig, TransformersGenerator
+
+        project = api.call(
+            "POST",
+            "/api/v1/projects",
+            json={
+                "name": f"Oracle loop ({oracle.name}) {time.strftime('%Y-%m-%d %H:%M')}",
+                "kind": "pairwise",
+                "overlap": 1,
+                "lease_seconds": 300,
+                "instructions": f"Simulated annotators follow the hidden **{oracle.name}** oracle.",
+            },
+        ).json()
+        pid = project["id"]
+        self.stdout.write(
+            f"project {pid}: building π0 by supervised warm start ({options['warm_start_steps']} steps)"
+        )
+        pi0 = oracle.warm_start(
+            Path(settings.TANDEM_ARTIFACT_ROOT) / f"project-{pid}" / "pi0",
+            steps=options["warm_start_steps"],
+        )
+        prompts = oracle.prompts()
+        random.Random(pid).shuffle(prompts)
+        evaluation, train = prompts[: options["eval_prompts"]], prompts[options["eval_prompts"] :]
+        first = train[: options["prompts_per_round"]]
+        samples = TransformersGenerator(pi0, device="cpu").generate(
+            first, GenerationConfig(k=2, max_new_tokens=16, temperature=1.0, seed=pid)
+        )
+        lines = [
+            {"prompt": p, "responses": [{"text": t, "model": "π0"} for t in s]}
+            for p, s in zip(first, samples, strict=True)
+        ]
+        lines += [{"prompt": p, "responses": []} for p in train[options["prompts_per_round"] :]]
+        lines += [{"prompt": p, "responses": [], "split": "eval"} for p in evaluation]
+        import json
+
+        body = "".join(json.dumps(line) + "\n" for line in lines).encode()
+        api.call(
+            "POST",
+            f"/api/v1/projects/{pid}/imports",
+            content=body,
+            headers={"Content-Type": "application/x-ndjson"},
+            expect=(201,),
+        )
+        loop = {
+            **TINY_LOOP,
+            "enabled": True,
+            "policy_model": str(pi0),
+            "reward_backbone": str(pi0),
+            "prompts_per_round": options["prompts_per_round"],
+            "eval_prompts": options["eval_prompts"],
+        }
+        if options["trigger"] == "auto":
+            loop["trigger_judgements"] = max(1, int(0.8 * options["prompts_per_round"]))
+        api.call("PATCH", f"/api/v1/projects/{pid}/loop", json=loop)
+        return pid
+
+    def _annotators(self, api: Api, project_id: int, count: int) -> list[str]:
+        tokens = []
+        for _ in range(count):
+            username, password = f"oracle-{uuid.uuid4().hex[:8]}", secrets.token_urlsafe(16)
+            api.call(
+                "POST",
+                "/api/v1/users",
+                json={"username": username, "password": password},
+                expect=(201,),
+            )
+            api.call(
+                "POST",
+                f"/api/v1/projects/{project_id}/members",
+                json={"username": username, "role": "annotator"},
+                expect=(201,),
+            )
+            token = api.call(
+                "POST", "/api/v1/auth/token", json={"username": username, "password": password}
+            ).json()["token"]
+            tokens.append(token)
+        return tokens
+
+    def _label_queue(
+        self, url: str, project_id: int, tokens: list[str], oracle: Any, deadline: float
+    ) -> int:
+        """Every annotator works the queue until it answers 204; returns how many judgements they gave."""
+        counts = [0] * len(tokens)
+        errors: list[BaseException] = []
+
+        def work(i: int, token: str) -> None:
+            api = Api(url, token)
+            try:
+                while time.monotonic() < deadline:
+                    lease = api.call(
+                        "POST", f"/api/v1/projects/{project_id}/assignments", expect=(201, 204)
+                    )
+                    if lease.status_code == 204:
+                        return
+                    body = lease.json()
+                    a, b = (r["text"] for r in body["task"]["responses"])
+                    choice = oracle.prefer(a, b)
+                    api.call(
+                        "POST",
+                        f"/api/v1/assignments/{body['id']}/judgement",
+                        json={"choice": choice, "strength": 2}
+                        if choice != "tie"
+                        else {"choice": "tie"},
+                        headers={"Idempotency-Key": f"sim-{body['id']}"},
+                    )
+                    counts[i] += 1
+            except BaseException as exc:  # noqa: BLE001 - reported by the main thread
+                errors.append(exc)
+
+        threads = [threading.Thread(target=work, args=(i, t)) for i, t in enumerate(tokens)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        if errors:
+            raise CommandError(f"an annotator failed: {errors[0]}")
+        return sum(counts)
+
+    def _wait_for_round(self, api: Api, project_id: int, number: int, deadline: float) -> None:
+        shown = ""
+        while time.monotonic() < deadline:
+            rounds = api.call("GET", f"/api/v1/projects/{project_id}/rounds").json()
+            current = next((r for r in rounds if r["number"] == number), None)
+            if current is not None:
+                stage = next((s for s in current["stages"] if s["status"] != "succeeded"), None)
+                line = f"  round {number}: {current['status']}" + (
+                    f" · {stage['stage']} {stage['progress_step']}/{stage['progress_total']}"
+                    if stage
+                    else ""
+                )
+                if line != shown:
+                    self.stdout.write(line)
+                    shown = line
+                if current["status"] == "succeeded":
+                    return
+                if current["status"] == "failed":
+                    raise CommandError(f"round {number} failed: {current['error']}")
+            time.sleep(1.0)
+        raise CommandError(
+            f"round {number} did not finish in time (is a worker running on the loop's queue?)"
+        )
+
+    def _print_table(self, project_id: int, rounds: list[dict[str, Any]]) -> None:
+        def fmt(value: Any) -> str:
+            return (
+                "-" if value is None else f"{value:.3f}" if isinstance(value, float) else str(value)
+            )
+
+        self.stdout.write(f"\nproject {project_id}")
+        self.stdout.write(
+            f"{'round':>5} {'status':>10} {'judgements':>10} {'reward_acc':>10} {'win_rate':>9} {'95% CI':>15} {'n':>4}"
+        )
+        for r in rounds:
+            ci = (
+                f"[{r['win_rate_ci'][0]:.2f}, {r['win_rate_ci'][1]:.2f}]"
+                if r["win_rate_ci"]
+                else "-"
+            )
+            self.stdout.write(
+                f"{r['number']:>5} {r['status']:>10} {r['judgements']:>10} {fmt(r['reward_accuracy']):>10} "
+                f"{fmt(r['win_rate']):>9} {ci:>15} {r['win_rate_n']:>4}"
+            )
+
+
+def _simulator_user():
+    from django.contrib.auth import get_user_model
+
+    user = get_user_model().objects.filter(username="simulator").first()
+    if user is None:
+        user = services.user_create(
+            username="simulator", password=secrets.token_urlsafe(24), is_staff=True
+        )
+    return user

@@ -1,0 +1,496 @@
+"""Export benchmark: stream 1,000,000 judgements through the REST export of a production-like Tandem.
+
+What it does, all on 127.0.0.1 and bounded in time:
+1. drops and recreates the database ``tandem_bench``, migrates it, and creates a staff user,
+   the annotators and a pairwise project through the services;
+2. writes the judgements straight into the database with set-based SQL (prompts, responses, tasks,
+   task slots, submitted assignments, judgements): valid rows matching the models, FK triggers
+   off for the load only; commit_seq takes increasing values below the current transaction id
+   (several judgements share one value: there are fewer xids than rows on a fresh cluster);
+3. starts ``gunicorn webapp.wsgi`` (production settings, ONE sync worker so its memory is clear),
+   streams ``GET /api/v1/projects/{id}/export?shape=pairs`` with a client that reads 64 KiB chunks
+   and counts lines, and samples the worker's RSS all along;
+4. checks exactness: rows == decisive (A/B) judgements, no judgement twice, and a second export
+   with ``since=<X-Export-Cursor>`` returns 0 rows.
+
+    .venv/bin/python -m bench.web_export [--judgements 1000000] [--overlap 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import re
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench import common  # noqa: E402
+from bench.common import Server, table  # noqa: E402
+
+ANCHORS = {
+    "label_studio": {
+        "small": "3,000 labelled tasks in 3-4 s",
+        "large_rows": 100_000,
+        "large_s": 134.0,
+        "large_rows_s": 100_000 / 134.0,
+        "large_mem_mb": 1300,
+        "first_byte": "nothing sent before the end",
+    },
+    "prototype": {
+        "rows": 1_000_000,
+        "s": 12.0,
+        "rows_s": 83_000,
+        "first_byte_s": 0.1,
+        "rss_mb": 93,
+    },
+}
+TARGETS = {"rows_s": 50_000, "first_byte_s": 0.200}
+
+
+def build_data(
+    project: int, annotator_ids: list[int], judgements: int, overlap: int, tie_every: int
+) -> dict[str, Any]:
+    """Writes `judgements` judgements on judgements/overlap tasks with set-based SQL."""
+    if judgements % overlap:
+        raise SystemExit("--judgements must be a multiple of --overlap")
+    tasks = judgements // overlap
+    n_ann = len(annotator_ids)
+    if n_ann < overlap:
+        raise SystemExit("need at least `overlap` annotators")
+    first = annotator_ids[0]
+    if annotator_ids != list(range(first, first + n_ann)):
+        raise SystemExit("expected consecutive annotator ids")
+    t0 = time.perf_counter()
+    steps: dict[str, float] = {}
+    with common.pg_connect(autocommit=True) as conn:
+        xid = int(conn.execute("SELECT pg_current_xact_id()::text::bigint").fetchone()[0])
+        seq_values = max(1, min(judgements, xid - 100))
+        params = {
+            "p": project,
+            "t": tasks,
+            "j": judgements,
+            "o": overlap,
+            "a": n_ann,
+            "u0": first,
+            "s": seq_values,
+            "tie": tie_every,
+        }
+        statements = {
+            "prompts": """
+                INSERT INTO annotation_prompt (id, project_id, messages, external_id, metadata, image,
+                                               context, split, created_at)
+                SELECT g, %(p)s,
+                       jsonb_build_array(
+                         jsonb_build_object('role', 'system', 'content', 'Be helpful and brief.'),
+                         jsonb_build_object('role', 'user', 'content',
+                           'Question ' || g || ': how would you compute ' || g || ' * 17, step by step?')),
+                       'bench-' || g, jsonb_build_object('source', 'bench', 'n', g), '', '{}', 'train', now()
+                FROM generate_series(1, %(t)s) g""",
+            "responses": """
+                INSERT INTO annotation_response (id, prompt_id, text, model_name, created_at)
+                SELECT r, (r + 1) / 2,
+                       'The short answer is that it depends on the details, so here is a careful walk '
+                       || 'through the steps with one worked example. ' || ((r + 1) / 2) || ' * 17 = '
+                       || (((r + 1) / 2) * 17 + (r + 1) %% 2) || '.',
+                       CASE WHEN r %% 2 = 0 THEN 'policy-r0' ELSE '' END, now()
+                FROM generate_series(1, 2 * %(t)s) r""",
+            "tasks": """
+                INSERT INTO annotation_task (id, project_id, prompt_id, kind, round, priority, overlap,
+                    judgement_count, live_leases, next_lease_expiry, is_complete, is_gold, gold_answer,
+                    created_at)
+                SELECT g, %(p)s, g, 'pairwise', 0, 0.0, %(o)s, %(o)s, 0, NULL, true, false, NULL, now()
+                FROM generate_series(1, %(t)s) g""",
+            "task_slots": """
+                INSERT INTO annotation_taskresponse (task_id, response_id, position)
+                SELECT (r + 1) / 2, r, (r + 1) %% 2 FROM generate_series(1, 2 * %(t)s) r""",
+            "assignments": """
+                INSERT INTO annotation_assignment (id, task_id, annotator_id, project_id, status,
+                                                   leased_at, expires_at, finished_at)
+                SELECT j, (j - 1) / %(o)s + 1, %(u0)s + (((j - 1) / %(o)s) + (j - 1) %% %(o)s) %% %(a)s,
+                       %(p)s, 'submitted', now() - interval '1 hour', now() + interval '1 hour',
+                       now() - interval '30 minutes'
+                FROM generate_series(1, %(j)s) j""",
+            "judgements": """
+                INSERT INTO annotation_judgement (id, task_id, assignment_id, annotator_id, project_id,
+                    kind, payload, answer, rationale, time_spent_ms, idempotency_key, late, commit_seq,
+                    created_at)
+                SELECT j, (j - 1) / %(o)s + 1, j,
+                       %(u0)s + (((j - 1) / %(o)s) + (j - 1) %% %(o)s) %% %(a)s, %(p)s, 'pairwise',
+                       CASE WHEN j %% %(tie)s = 0 THEN '{"choice": "tie", "strength": null}'::jsonb
+                            WHEN j %% 3 = 0 THEN '{"choice": "B", "strength": 2}'::jsonb
+                            ELSE '{"choice": "A", "strength": 1}'::jsonb END,
+                       CASE WHEN j %% %(tie)s = 0 THEN 'tie' WHEN j %% 3 = 0 THEN 'B' ELSE 'A' END,
+                       '', 4000 + j %% 9000, 'bench-' || j, false,
+                       1 + ((j - 1)::bigint * %(s)s) / %(j)s,
+                       now() - interval '30 minutes'
+                FROM generate_series(1, %(j)s) j""",
+        }
+        conn.execute("SET session_replication_role = replica")  # FK triggers off for the bulk load
+        conn.execute("SET synchronous_commit = off")
+        conn.execute("SET maintenance_work_mem = '256MB'")
+        for name, sql in statements.items():
+            s0 = time.perf_counter()
+            conn.execute(sql, params)
+            steps[name] = round(time.perf_counter() - s0, 2)
+        conn.execute("SET session_replication_role = origin")
+        for table_name in ("prompt", "response", "task", "taskresponse", "assignment", "judgement"):
+            conn.execute(
+                f"SELECT setval(pg_get_serial_sequence('annotation_{table_name}', 'id'), "
+                f"(SELECT max(id) FROM annotation_{table_name}))"
+            )
+        s0 = time.perf_counter()
+        for table_name in ("prompt", "response", "task", "taskresponse", "assignment", "judgement"):
+            conn.execute(f"VACUUM ANALYZE annotation_{table_name}")
+        steps["vacuum_analyze"] = round(time.perf_counter() - s0, 2)
+        decisive = conn.execute(
+            "SELECT count(*) FROM annotation_judgement WHERE project_id = %s AND answer IN ('A', 'B')",
+            [project],
+        ).fetchone()[0]
+        total = conn.execute(
+            "SELECT count(*) FROM annotation_judgement WHERE project_id = %s", [project]
+        ).fetchone()[0]
+        size = conn.execute("SELECT pg_database_size(current_database())").fetchone()[0]
+    return {
+        "judgements": total,
+        "decisive": decisive,
+        "tasks": tasks,
+        "overlap": overlap,
+        "annotators": n_ann,
+        "commit_seq_values": seq_values,
+        "seconds": round(time.perf_counter() - t0, 1),
+        "steps_s": steps,
+        "db_mb": round(size / 1e6),
+    }
+
+
+class RssSampler(threading.Thread):
+    def __init__(self, pid: int, every: float = 0.2):
+        super().__init__(daemon=True)
+        self.pid, self.every = pid, every
+        self.samples: list[tuple[float, int]] = []
+        self.stop_evt = threading.Event()
+        self.t0 = time.perf_counter()
+
+    def run(self) -> None:
+        while not self.stop_evt.is_set():
+            rss = common.proc_status(self.pid).get("VmRSS")
+            if rss:
+                self.samples.append((round(time.perf_counter() - self.t0, 2), rss))
+            self.stop_evt.wait(self.every)
+
+    def stop(self) -> None:
+        self.stop_evt.set()
+        self.join(5)
+
+
+_ID = re.compile(rb'"judgement_ids":\[(\d+)\]')
+
+
+def stream_export(
+    port: int,
+    token: str,
+    project: int,
+    since: str | None = None,
+    collect_ids: bool = True,
+    timeout: float = 400,
+) -> dict[str, Any]:
+    path = f"/api/v1/projects/{project}/export?shape=pairs"
+    if since:
+        path += f"&since={since}"
+    conn = http.client.HTTPConnection(common.HOST, port, timeout=timeout)
+    t0 = time.perf_counter()
+    conn.request("GET", path, headers={"Authorization": f"Token {token}"})
+    resp = conn.getresponse()
+    t_headers = time.perf_counter() - t0
+    if resp.status != 200:
+        raise RuntimeError(f"export: {resp.status} {resp.read()[:300]!r}")
+    cursor = resp.getheader("X-Export-Cursor")
+    lines = 0
+    nbytes = 0
+    first_byte = None
+    first_line = b""
+    tail = b""
+    ids = bytearray()  # judgement ids seen, as a bitmap
+    duplicates = 0
+    deadline = t0 + timeout
+    complete = True
+    while True:
+        chunk = resp.read1(1 << 16) if hasattr(resp, "read1") else resp.read(1 << 16)
+        if not chunk:
+            break
+        if first_byte is None:
+            first_byte = time.perf_counter() - t0
+        nbytes += len(chunk)
+        lines += chunk.count(b"\n")
+        if not first_line:
+            first_line = (tail + chunk).split(b"\n", 1)[0]
+        if collect_ids:
+            data = tail + chunk
+            cut = data.rfind(b"\n") + 1
+            tail = data[cut:]
+            for m in _ID.findall(data, 0, cut):
+                i = int(m)
+                byte, bit = divmod(i, 8)
+                if byte >= len(ids):
+                    ids.extend(b"\0" * (byte - len(ids) + 1 + (1 << 16)))
+                if ids[byte] >> bit & 1:
+                    duplicates += 1
+                ids[byte] |= 1 << bit
+        if time.perf_counter() > deadline:
+            complete = False  # cut off: the figures cover what arrived so far
+            break
+    seconds = time.perf_counter() - t0
+    conn.close()
+    sample = json.loads(first_line) if first_line else None
+    return {
+        "complete": complete,
+        "rows": lines,
+        "bytes": nbytes,
+        "seconds": round(seconds, 2),
+        "rows_per_s": round(lines / seconds) if seconds else None,
+        "mb_per_s": round(nbytes / 1e6 / seconds, 1) if seconds else None,
+        "headers_s": round(t_headers, 4),
+        "first_byte_s": round(first_byte, 4) if first_byte is not None else None,
+        "cursor": cursor,
+        "distinct_judgements": sum(bin(b).count("1") for b in ids) if collect_ids else None,
+        "duplicate_judgements": duplicates if collect_ids else None,
+        "first_row_keys": sorted(sample) if sample else None,
+    }
+
+
+def run(args: argparse.Namespace, result: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Fills `result` as it goes, so a caller that hits a time cap still has what finished."""
+    result = result if result is not None else {}
+    result["machine"] = common.machine()
+    t0 = time.perf_counter()
+    common.fresh_db()
+    env = common.server_env()
+    setup = common.setup_project(env=env, annotators=args.annotators, overlap=args.overlap)
+    with common.pg_connect() as conn:
+        ids = [
+            r[0]
+            for r in conn.execute(
+                "SELECT id FROM auth_user WHERE username LIKE 'bench-a%' ORDER BY id"
+            ).fetchall()
+        ]
+    result["setup_s"] = round(time.perf_counter() - t0, 1)
+    print(f"[web_export] building {args.judgements:,} judgements ...", flush=True)
+    result["data"] = build_data(
+        setup["project"], ids, args.judgements, args.overlap, args.tie_every
+    )
+    print(
+        f"[web_export] built in {result['data']['seconds']} s ({result['data']['db_mb']} MB)",
+        flush=True,
+    )
+    server = Server(env=env, workers=1, worker_class="sync", timeout=args.worker_timeout)
+    with server:
+        result["server"] = server.description + f" (--timeout {args.worker_timeout})"
+        token = common.token_for(server.port, setup["staff"])
+        worker = server.worker_pids()[0]
+        # One small request first so the worker has imported and connected like a warm server.
+        common.Client(server.port, token).call("GET", f"/api/v1/projects/{setup['project']}")
+        baseline = common.proc_status(worker)
+        sampler = RssSampler(worker)
+        sampler.start()
+        # Leave room under the hard cap for the second export and the clean-up.
+        budget = min(args.max_export_s, args.max_seconds - (time.perf_counter() - t0) - 40)
+        with common.CpuMeter(server.proc.pid) as cpu:
+            first = stream_export(server.port, token, setup["project"], timeout=max(10.0, budget))
+        sampler.stop()
+        final = common.proc_status(worker)
+        second = (
+            stream_export(
+                server.port, token, setup["project"], since=first["cursor"], collect_ids=False
+            )
+            if first["complete"]
+            else {"rows": None, "cursor": None}
+        )
+    rss = [kb for _, kb in sampler.samples]
+    half = rss[len(rss) // 2 :] or rss
+    result["export"] = first
+    result["export"]["cpu_cores_used"] = cpu.result
+    result["memory"] = {
+        "baseline_rss_mb": round(baseline.get("VmRSS", 0) / 1024, 1),
+        "peak_rss_mb_vmhwm": round(final.get("VmHWM", 0) / 1024, 1),
+        "rss_first_sample_mb": round(rss[0] / 1024, 1) if rss else None,
+        "rss_max_mb": round(max(rss) / 1024, 1) if rss else None,
+        "rss_second_half_spread_mb": round((max(half) - min(half)) / 1024, 1) if half else None,
+        "samples": len(rss),
+        "timeline_mb": [
+            (t, round(kb / 1024, 1)) for t, kb in sampler.samples[:: max(1, len(rss) // 12)]
+        ],
+    }
+    result["exactness"] = {
+        "rows": first["rows"],
+        "decisive_judgements_in_db": result["data"]["decisive"],
+        "complete": first["complete"],
+        "rows_equal_decisive": first["rows"] == result["data"]["decisive"],
+        "duplicates": first["duplicate_judgements"],
+        "second_export_rows": second["rows"],
+        "second_export_cursor_unchanged": second["cursor"] == first["cursor"],
+        "cursor": first["cursor"],
+    }
+    if not args.keep_db:
+        common.drop_db()
+    return result
+
+
+def report(result: dict[str, Any]) -> str:
+    e, m, x, d = result["export"], result["memory"], result["exactness"], result["data"]
+    lines = [
+        f"Data: {d['judgements']:,} judgements ({d['decisive']:,} decisive A/B) on {d['tasks']:,} tasks, "
+        f"overlap {d['overlap']}, built by SQL in {d['seconds']} s; DB {d['db_mb']} MB",
+        f"Server: {result['server']}",
+        "",
+    ]
+    lines.append(
+        table(
+            [
+                "export ?shape=pairs",
+                "rows",
+                "seconds",
+                "rows/s",
+                "MB/s",
+                "first byte ms",
+                "peak RSS MB (VmHWM)",
+                "baseline RSS MB",
+                "RSS spread 2nd half MB",
+            ],
+            [
+                [
+                    "Tandem",
+                    e["rows"],
+                    e["seconds"],
+                    e["rows_per_s"],
+                    e["mb_per_s"],
+                    round(e["first_byte_s"] * 1000, 1) if e["first_byte_s"] is not None else None,
+                    m["peak_rss_mb_vmhwm"],
+                    m["baseline_rss_mb"],
+                    m["rss_second_half_spread_mb"],
+                ]
+            ],
+        )
+    )
+    c = e.get("cpu_cores_used", {})
+    lines.append(
+        f"CPU during the export (cores of {c.get('cores')}): client {c.get('bench_client')}, gunicorn "
+        f"{c.get('gunicorn')}, postgres {c.get('postgres_bench')}, OTHER processes on the box {c.get('other')}"
+    )
+    lines.append("RSS over time (s, MB): " + ", ".join(f"{t}:{mb}" for t, mb in m["timeline_mb"]))
+    if not x["complete"]:
+        lines.append(
+            f"!! The export was CUT OFF after {e['seconds']} s (--max-export-s): figures cover the rows received."
+        )
+    lines.append(
+        f"Exactness: rows {x['rows']:,} vs decisive judgements {x['decisive_judgements_in_db']:,} -> "
+        f"{'EQUAL' if x['rows_equal_decisive'] else 'DIFFERENT'}; duplicates {x['duplicates']}; "
+        f"second export since={x['cursor']} -> {x['second_export_rows']} rows"
+    )
+    lines.append("")
+    a = ANCHORS
+    fb = e["first_byte_s"]
+    exact_ok = x["rows_equal_decisive"] and x["second_export_rows"] == 0 and not x["duplicates"]
+    exact_verdict = common.verdict(exact_ok) if x["complete"] else "NOT CHECKED (cut off)"
+    rows = [
+        [
+            "rows/s",
+            e["rows_per_s"],
+            f"{a['label_studio']['large_rows_s']:.0f} (100k in 134 s)",
+            a["prototype"]["rows_s"],
+            common.ratio(e["rows_per_s"], a["label_studio"]["large_rows_s"]),
+            f">= {TARGETS['rows_s']:,}",
+            common.verdict((e["rows_per_s"] or 0) >= TARGETS["rows_s"]),
+        ],
+        [
+            "first byte (ms)",
+            round(fb * 1000, 1) if fb is not None else None,
+            "at the end (134,000)",
+            a["prototype"]["first_byte_s"] * 1000,
+            common.ratio(fb, a["label_studio"]["large_s"], lower_is_better=True),
+            f"< {TARGETS['first_byte_s'] * 1000:.0f}",
+            common.verdict(fb is not None and fb < TARGETS["first_byte_s"]),
+        ],
+        [
+            "peak worker memory (MB)",
+            m["peak_rss_mb_vmhwm"],
+            a["label_studio"]["large_mem_mb"],
+            a["prototype"]["rss_mb"],
+            common.ratio(
+                m["peak_rss_mb_vmhwm"], a["label_studio"]["large_mem_mb"], lower_is_better=True
+            ),
+            "flat",
+            common.verdict((m["rss_second_half_spread_mb"] or 0) < 10),
+        ],
+        [
+            "exact (rows = decisive, since -> 0)",
+            ("yes" if exact_ok else "NO") if x["complete"] else "-",
+            "-",
+            "-",
+            "-",
+            "exact",
+            exact_verdict,
+        ],
+    ]
+    lines.append(
+        table(
+            ["figure", "Tandem", "Label Studio", "prototype", "vs LS", "target", "verdict"],
+            rows,
+            title="Against the anchors:",
+        )
+    )
+    return "\n".join(lines)
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m bench.web_export",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "--judgements", type=int, default=1_000_000, help="judgements to build (default 1000000)"
+    )
+    p.add_argument("--overlap", type=int, default=2, help="judgements per task (default 2)")
+    p.add_argument(
+        "--annotators", type=int, default=50, help="annotators the judgements spread over"
+    )
+    p.add_argument(
+        "--tie-every", type=int, default=50, help="every k-th judgement is a tie (not exported)"
+    )
+    p.add_argument(
+        "--worker-timeout", type=int, default=300, help="gunicorn --timeout for the export worker"
+    )
+    p.add_argument(
+        "--max-export-s", type=float, default=300, help="give up on one export after this long"
+    )
+    p.add_argument("--keep-db", action="store_true", help="leave tandem_bench in place for EXPLAIN")
+    p.add_argument("--json", type=Path, help="also write the figures here")
+    p.add_argument("--max-seconds", type=float, default=540, help="hard cap for the whole run")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    result: dict[str, Any] = {}
+    try:
+        with common.deadline_guard(args.max_seconds, "web_export"):
+            run(args, result)
+    except TimeoutError as exc:
+        result["error"] = str(exc)
+        common.drop_db()
+    print()
+    print(report(result) if "export" in result else f"!! no export figures: {result}")
+    if args.json:
+        common.write_json(args.json, result)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
