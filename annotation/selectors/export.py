@@ -10,9 +10,11 @@ response header, and rows are fetched in keyset-paged chunks, so memory stays fl
 
 import hashlib
 import hmac
+import json
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import UTC
 from typing import Any
 
 from django.conf import settings
@@ -57,12 +59,19 @@ class Position:
         return Q(commit_seq__lt=self.commit_seq) | Q(commit_seq=self.commit_seq, id__lte=self.id)
 
 
-def annotator_pseudonym(user_id: int) -> str:
-    """A stable per-install pseudonym, so exports never carry usernames."""
-    digest = hmac.new(
-        settings.SECRET_KEY.encode(), str(user_id).encode(), hashlib.sha256
+def _pseudonym_salt() -> str:
+    return hmac.new(
+        settings.SECRET_KEY.encode(), b"tandem-annotator-pseudonym", hashlib.sha256
     ).hexdigest()
-    return f"a-{digest[:8]}"
+
+
+def annotator_pseudonym(user_id: int) -> str:
+    """A stable per-install pseudonym, so exports never carry usernames.
+
+    md5 over a salt derived from SECRET_KEY, because Postgres computes the same value inside the
+    export query without an extension; without the secret the ids cannot be recovered.
+    """
+    return f"a-{hashlib.md5((_pseudonym_salt() + str(user_id)).encode()).hexdigest()[:8]}"
 
 
 def _of(project: Project, prompt_split: str | None):
@@ -83,8 +92,15 @@ def _settled(project: Project, prompt_split: str | None = None):
 
 @dataclass
 class Export:
+    """The cursor to pass next time, and the rows as newline-terminated JSON in blocks."""
+
     cursor: str
-    rows: Iterator[dict[str, Any]]
+    blocks: Iterator[str]
+
+    def rows(self) -> Iterator[dict[str, Any]]:
+        for block in self.blocks:
+            for line in block.splitlines():
+                yield json.loads(line)
 
 
 _FIELDS = (
@@ -135,22 +151,133 @@ def export_judgements(
         .first()
     )
     if last is None:
-        return Export(cursor=start.encode(), rows=iter(()))
+        return Export(cursor=start.encode(), blocks=iter(()))
     end = Position(*last)
-    return Export(
-        cursor=end.encode(),
-        rows=_rows(project, shape, start, end, chunk or settings.TANDEM_EXPORT_CHUNK, prompt_split),
-    )
+    chunk = chunk or settings.TANDEM_EXPORT_CHUNK
+    if connection.vendor == "postgresql":
+        blocks = _sql_blocks(project, shape, start, end, chunk, prompt_split)
+    else:
+        blocks = _python_blocks(project, shape, start, end, chunk, prompt_split)
+    return Export(cursor=end.encode(), blocks=blocks)
 
 
-def _rows(
+# On Postgres each line is built by the database in the same keyset-paged query that finds it,
+# so Python only joins text: that is what lets one worker stream tens of thousands of rows a second.
+_ANNOTATOR_SQL = "'a-' || left(md5(%(salt)s || j.annotator_id::text), 8)"
+_PAIR_SQL = f"""
+SELECT j.commit_seq, j.id, json_build_object(
+    'prompt', p.messages,
+    'chosen', json_build_array(json_build_object(
+        'role', 'assistant', 'content', CASE WHEN j.answer = 'A' THEN ra.text ELSE rb.text END)),
+    'rejected', json_build_array(json_build_object(
+        'role', 'assistant', 'content', CASE WHEN j.answer = 'A' THEN rb.text ELSE ra.text END)),
+    'margin', COALESCE((j.payload ->> 'strength')::float8, 1.0),
+    'task_id', j.task_id,
+    'judgement_ids', json_build_array(j.id),
+    'annotator', {_ANNOTATOR_SQL},
+    'agreement', (SELECT round(count(*) FILTER (WHERE o.answer = j.answer)::numeric / count(*), 4)
+                  FROM annotation_judgement o WHERE o.task_id = j.task_id),
+    'round', t.round
+)::text
+FROM annotation_judgement j
+JOIN annotation_task t ON t.id = j.task_id
+JOIN annotation_prompt p ON p.id = t.prompt_id
+JOIN annotation_taskresponse sa ON sa.task_id = j.task_id AND sa.position = 0
+JOIN annotation_response ra ON ra.id = sa.response_id
+JOIN annotation_taskresponse sb ON sb.task_id = j.task_id AND sb.position = 1
+JOIN annotation_response rb ON rb.id = sb.response_id
+WHERE j.project_id = %(project)s AND j.answer IN ('A', 'B')
+  AND (j.commit_seq, j.id) > (%(seq)s, %(id)s) AND (j.commit_seq, j.id) <= (%(end_seq)s, %(end_id)s)
+  AND (%(split)s::text IS NULL OR p.split = %(split)s::text)
+ORDER BY j.commit_seq, j.id
+LIMIT %(limit)s
+"""
+_RAW_SQL = f"""
+SELECT j.commit_seq, j.id, json_build_object(
+    'judgement_id', j.id,
+    'task_id', j.task_id,
+    'external_id', p.external_id,
+    'kind', j.kind,
+    'prompt', p.messages,
+    'responses', (SELECT json_agg(json_build_object('id', r.id, 'text', r.text, 'model', r.model_name)
+                                  ORDER BY s.position)
+                  FROM annotation_taskresponse s JOIN annotation_response r ON r.id = s.response_id
+                  WHERE s.task_id = j.task_id),
+    'payload', j.payload,
+    'rationale', j.rationale,
+    'annotator', {_ANNOTATOR_SQL},
+    'time_spent_ms', j.time_spent_ms,
+    'late', j.late,
+    'round', t.round,
+    'created_at', to_char(j.created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"+00:00"')
+)::text
+FROM annotation_judgement j
+JOIN annotation_task t ON t.id = j.task_id
+JOIN annotation_prompt p ON p.id = t.prompt_id
+WHERE j.project_id = %(project)s
+  AND (j.commit_seq, j.id) > (%(seq)s, %(id)s) AND (j.commit_seq, j.id) <= (%(end_seq)s, %(end_id)s)
+  AND (%(split)s::text IS NULL OR p.split = %(split)s::text)
+ORDER BY j.commit_seq, j.id
+LIMIT %(limit)s
+"""
+# The first page is small so the first byte leaves quickly; later pages are large for throughput.
+_FIRST_PAGE = 200
+
+
+def _sql_blocks(
     project: Project,
     shape: str,
     start: Position,
     end: Position,
     chunk: int,
     prompt_split: str | None,
-) -> Iterator[dict[str, Any]]:
+) -> Iterator[str]:
+    sql = _PAIR_SQL if shape == "pairs" else _RAW_SQL
+    params = {
+        "project": project.pk,
+        "salt": _pseudonym_salt(),
+        "end_seq": end.commit_seq,
+        "end_id": end.id,
+        "split": prompt_split,
+    }
+    position, limit = start, min(chunk, _FIRST_PAGE)
+    while True:
+        with connection.cursor() as cursor:
+            cursor.execute(
+                sql, {**params, "seq": position.commit_seq, "id": position.id, "limit": limit}
+            )
+            page = cursor.fetchall()
+        if not page:
+            return
+        yield "\n".join(row[2] for row in page) + "\n"
+        if len(page) < limit:
+            return
+        position, limit = Position(page[-1][0], page[-1][1]), chunk
+
+
+def _python_blocks(
+    project: Project,
+    shape: str,
+    start: Position,
+    end: Position,
+    chunk: int,
+    prompt_split: str | None,
+) -> Iterator[str]:
+    """The portable path (SQLite, the demo's embedded database)."""
+    dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+    for batch in _batches(project, shape, start, end, chunk, prompt_split):
+        if batch:
+            yield "".join(dumps(row) + "\n" for row in batch)
+
+
+def _batches(
+    project: Project,
+    shape: str,
+    start: Position,
+    end: Position,
+    chunk: int,
+    prompt_split: str | None,
+) -> Iterator[list[dict[str, Any]]]:
     base = _of(project, prompt_split).filter(end.up_to()).order_by("commit_seq", "id")
     position = start
     pseudonyms: dict[int, str] = {}
@@ -161,6 +288,7 @@ def _rows(
         task_ids = {row[2] for row in batch}
         responses = _responses_of(task_ids)
         agreement = _agreement_of(task_ids) if shape == "pairs" else {}
+        out = []
         for row in batch:
             record = dict(zip(_FIELDS, row, strict=True))
             annotator = pseudonyms.get(record["annotator_id"])
@@ -169,12 +297,13 @@ def _rows(
                     record["annotator_id"]
                 )
             shown = responses.get(record["task_id"], [])
-            if shape == "pairs":
-                out = _pair_row(record, shown, annotator, agreement.get(record["task_id"]))
-                if out is not None:
-                    yield out
-            else:
-                yield _raw_row(record, shown, annotator)
+            if shape == "raw":
+                out.append(_raw_row(record, shown, annotator))
+            elif (
+                pair := _pair_row(record, shown, annotator, agreement.get(record["task_id"]))
+            ) is not None:
+                out.append(pair)
+        yield out
         position = Position(batch[-1][1], batch[-1][0])
 
 
@@ -234,5 +363,5 @@ def _raw_row(record: dict[str, Any], shown: list[dict[str, Any]], annotator: str
         "time_spent_ms": record["time_spent_ms"],
         "late": record["late"],
         "round": record["task__round"],
-        "created_at": record["created_at"].isoformat(),
+        "created_at": record["created_at"].astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f+00:00"),
     }

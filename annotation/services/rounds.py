@@ -333,7 +333,7 @@ def human_pairs(project: Project) -> tuple[list[Any], str, int]:
     from training.data import parse_preference_rows
 
     export = export_judgements(project=project, shape="pairs", since=None, prompt_split=Split.TRAIN)
-    rows = list(export.rows)
+    rows = list(export.rows())
     return parse_preference_rows(rows), export.cursor, len(rows)
 
 
