@@ -21,11 +21,15 @@ migrate: install
 
 # Embedded defaults: SQLite under var/ and a file-system Celery broker, unless DATABASE_URL /
 # CELERY_BROKER_URL say otherwise. Web and worker run side by side; Ctrl-C stops both.
+# The first run also trains one round of the loop demo on tiny CPU models (DEMO_LOOP=0 skips it).
+DEMO_LOOP ?= 1
+
 demo: migrate
 	$(PY) manage.py seed_demo
+	@if [ "$(DEMO_LOOP)" = "1" ]; then $(PY) manage.py seed_demo_loop; fi
 	@echo "Tandem on http://$(HOST):$(PORT)/  (API docs: http://$(HOST):$(PORT)/api/docs/)"
 	@trap 'kill 0' INT TERM EXIT; \
-	$(VENV)/bin/celery -A webapp worker -Q cpu -P solo --loglevel=warning & \
+	$(VENV)/bin/celery -A webapp worker -B -s var/celerybeat-schedule -Q cpu -P solo --loglevel=warning & \
 	$(VENV)/bin/gunicorn webapp.wsgi -b $(HOST):$(PORT) -w 2 --threads 4 --access-logfile - & \
 	wait
 

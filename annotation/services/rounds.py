@@ -233,6 +233,19 @@ def stage_run(*, run_id: int) -> str:
     return TrainingRun.Status.SUCCEEDED
 
 
+def round_run_inline(*, loop_round: Round) -> Round:
+    """Runs every remaining stage of a queued round in this process, in order (demos, tools).
+
+    The messages round_start and each stage send still reach the broker; a worker that gets them
+    later finds the stages finished and leaves them alone.
+    """
+    for run in loop_round.runs.order_by("position"):
+        if stage_run(run_id=run.pk) == TrainingRun.Status.FAILED:
+            break
+    loop_round.refresh_from_db()
+    return loop_round
+
+
 def _fail(run: TrainingRun, message: str, detail: str = "") -> None:
     now = timezone.now()
     with transaction.atomic():

@@ -14,38 +14,12 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 from rest_framework.authtoken.models import Token
 
 from annotation import services
 from annotation.models import Project
-
-TINY_LOOP = {
-    "algorithm": "dpo",
-    "samples_per_prompt": 4,
-    "trigger_judgements": 0,
-    "human_share": 1.0,
-    "selection": "disagreement",
-    "queue": "cpu",
-    "ensemble_members": 3,
-    # Sizes from bench/oracle_loop.py, where they make the tiny policy learn within minutes on CPU.
-    "reward": {
-        "epochs": 6.0,
-        "learning_rate": 2e-3,
-        "batch_size": 16,
-        "max_length": 64,
-        "logging_steps": 10,
-    },
-    "policy": {
-        "learning_rate": 2e-3,
-        "epochs": 4.0,
-        "batch_size": 16,
-        "max_length": 64,
-        "beta": 0.1,
-    },
-    "generation": {"max_new_tokens": 16, "temperature": 1.0},
-}
+from annotation.services.simulation import oracle_answer, oracle_project_setup
 
 
 class Api:
@@ -92,6 +66,10 @@ class Command(BaseCommand):
             "--warm-start-steps", type=int, default=250, help="new project only: SFT steps for π_0"
         )
         parser.add_argument(
+            "--base-policy",
+            help="new project only: use this π_0 (a path) instead of warm-starting one",
+        )
+        parser.add_argument(
             "--trigger",
             choices=["manual", "auto"],
             default="manual",
@@ -135,64 +113,24 @@ class Command(BaseCommand):
         self._print_table(project_id, rounds)
 
     def _create_project(self, api: Api, oracle: Any, options: dict[str, Any]) -> int:
-        import random
-
-        from training.generation import GenerationConfig, TransformersGenerator
-
-        project = api.call(
-            "POST",
-            "/api/v1/projects",
-            json={
-                "name": f"Oracle loop ({oracle.name}) {time.strftime('%Y-%m-%d %H:%M')}",
-                "kind": "pairwise",
-                "overlap": 1,
-                "lease_seconds": 300,
-                "instructions": f"Simulated annotators follow the hidden **{oracle.name}** oracle.",
-            },
-        ).json()
-        pid = project["id"]
-        self.stdout.write(
-            f"project {pid}: building π0 by supervised warm start ({options['warm_start_steps']} steps)"
+        base = options["base_policy"]
+        if base is None:
+            self.stdout.write(
+                f"building π0 by supervised warm start ({options['warm_start_steps']} steps)"
+            )
+        auto = options["trigger"] == "auto"
+        project = oracle_project_setup(
+            creator=_simulator_user(),
+            oracle_name=oracle.name,
+            name=f"Oracle loop ({oracle.name}) {time.strftime('%Y-%m-%d %H:%M:%S')}",
+            base_policy=Path(base) if base else None,
+            warm_start_steps=options["warm_start_steps"],
+            prompts_per_round=options["prompts_per_round"],
+            eval_prompts=options["eval_prompts"],
+            trigger_judgements=max(1, int(0.8 * options["prompts_per_round"])) if auto else 0,
         )
-        pi0 = oracle.warm_start(
-            Path(settings.TANDEM_ARTIFACT_ROOT) / f"project-{pid}" / "pi0",
-            steps=options["warm_start_steps"],
-        )
-        prompts = oracle.prompts()
-        random.Random(pid).shuffle(prompts)
-        evaluation, train = prompts[: options["eval_prompts"]], prompts[options["eval_prompts"] :]
-        first = train[: options["prompts_per_round"]]
-        samples = TransformersGenerator(pi0, device="cpu").generate(
-            first, GenerationConfig(k=2, max_new_tokens=16, temperature=1.0, seed=pid)
-        )
-        lines = [
-            {"prompt": p, "responses": [{"text": t, "model": "π0"} for t in s]}
-            for p, s in zip(first, samples, strict=True)
-        ]
-        lines += [{"prompt": p, "responses": []} for p in train[options["prompts_per_round"] :]]
-        lines += [{"prompt": p, "responses": [], "split": "eval"} for p in evaluation]
-        import json
-
-        body = "".join(json.dumps(line) + "\n" for line in lines).encode()
-        api.call(
-            "POST",
-            f"/api/v1/projects/{pid}/imports",
-            content=body,
-            headers={"Content-Type": "application/x-ndjson"},
-            expect=(201,),
-        )
-        loop = {
-            **TINY_LOOP,
-            "enabled": True,
-            "policy_model": str(pi0),
-            "reward_backbone": str(pi0),
-            "prompts_per_round": options["prompts_per_round"],
-            "eval_prompts": options["eval_prompts"],
-        }
-        if options["trigger"] == "auto":
-            loop["trigger_judgements"] = max(1, int(0.8 * options["prompts_per_round"]))
-        api.call("PATCH", f"/api/v1/projects/{pid}/loop", json=loop)
-        return pid
+        self.stdout.write(f"project {project.pk}: {project.tasks.count()} round-0 tasks from π0")
+        return project.pk
 
     def _annotators(self, api: Api, project_id: int, count: int) -> list[str]:
         tokens = []
@@ -234,13 +172,10 @@ class Command(BaseCommand):
                         return
                     body = lease.json()
                     a, b = (r["text"] for r in body["task"]["responses"])
-                    choice = oracle.prefer(a, b)
                     api.call(
                         "POST",
                         f"/api/v1/assignments/{body['id']}/judgement",
-                        json={"choice": choice, "strength": 2}
-                        if choice != "tie"
-                        else {"choice": "tie"},
+                        json=oracle_answer(oracle.name, a, b),
                         headers={"Idempotency-Key": f"sim-{body['id']}"},
                     )
                     counts[i] += 1

@@ -1,0 +1,146 @@
+"""Oracle-driven loop projects: for demos, `simulate_annotators`, load and end-to-end tests.
+
+An oracle (training.oracles) stands in for the humans: it supplies the prompts, π_0 (a tiny CPU
+model after a supervised warm start) and the preference simulated annotators follow.
+"""
+
+import io
+import json
+import random
+from pathlib import Path
+from typing import Any
+
+from django.conf import settings
+from django.contrib.auth.models import AbstractUser
+
+from ..errors import TandemError
+from ..models import FeedbackKind, ImportJob, Project, TaskResponse
+from .assignment import assignment_lease
+from .imports import import_create
+from .judgement import judgement_submit
+from .projects import project_create
+from .rounds import loop_configure
+
+# Sizes from bench/oracle_loop.py, where they make the tiny policy learn within minutes on CPU.
+TINY_LOOP: dict[str, Any] = {
+    "algorithm": "dpo",
+    "samples_per_prompt": 4,
+    "human_share": 1.0,
+    "selection": "disagreement",
+    "queue": "cpu",
+    "ensemble_members": 3,
+    "reward": {
+        "epochs": 6.0,
+        "learning_rate": 2e-3,
+        "batch_size": 16,
+        "max_length": 64,
+        "logging_steps": 10,
+    },
+    "policy": {
+        "learning_rate": 2e-3,
+        "epochs": 4.0,
+        "batch_size": 16,
+        "max_length": 64,
+        "beta": 0.1,
+    },
+    "generation": {"max_new_tokens": 16, "temperature": 1.0},
+}
+
+
+def oracle_project_setup(
+    *,
+    creator: AbstractUser,
+    oracle_name: str = "warm-words",
+    name: str | None = None,
+    base_policy: Path | None = None,
+    warm_start_steps: int = 250,
+    prompts_per_round: int = 48,
+    eval_prompts: int = 16,
+    trigger_judgements: int = 0,
+    seed: int = 0,
+) -> Project:
+    """A pairwise loop project on the oracle's task: π_0 samples two answers for the first batch
+    of training prompts (the round-0 tasks); the other prompts wait for later rounds, and the
+    held-out ones for the human evaluation of each round's policy."""
+    from training.generation import GenerationConfig, TransformersGenerator
+    from training.oracles import oracle_named
+
+    oracle = oracle_named(oracle_name)
+    project = project_create(
+        creator=creator,
+        name=name or f"Oracle loop ({oracle.name})",
+        kind=FeedbackKind.PAIRWISE,
+        overlap=1,
+        lease_seconds=300,
+        instructions=f"Simulated annotators follow the hidden **{oracle.name}** oracle.",
+    )
+    if base_policy is None:
+        base_policy = oracle.warm_start(
+            Path(settings.TANDEM_ARTIFACT_ROOT) / f"project-{project.pk}" / "pi0",
+            steps=warm_start_steps,
+            seed=seed,
+        )
+    prompts = oracle.prompts()
+    random.Random(seed).shuffle(prompts)
+    evaluation, train = prompts[:eval_prompts], prompts[eval_prompts:]
+    first = train[:prompts_per_round]
+    samples = TransformersGenerator(base_policy, device="cpu").generate(
+        first, GenerationConfig(k=2, max_new_tokens=16, temperature=1.0, seed=seed)
+    )
+    lines = [
+        {"prompt": p, "responses": [{"text": t, "model": "π0"} for t in s]}
+        for p, s in zip(first, samples, strict=True)
+    ]
+    lines += [{"prompt": p, "responses": []} for p in train[prompts_per_round:]]
+    lines += [{"prompt": p, "responses": [], "split": "eval"} for p in evaluation]
+    body = "".join(json.dumps(line) + "\n" for line in lines).encode()
+    job = import_create(
+        project=project,
+        user=creator,
+        stream=io.BytesIO(body),
+        size=len(body),
+        filename="oracle.jsonl",
+    )
+    if job.status != ImportJob.Status.DONE:
+        raise TandemError(f"the oracle's prompts did not import: {job.errors[:3]}")
+    loop_configure(
+        project=project,
+        data={
+            **TINY_LOOP,
+            "enabled": True,
+            "policy_model": str(base_policy),
+            "reward_backbone": str(base_policy),
+            "prompts_per_round": prompts_per_round,
+            "eval_prompts": eval_prompts,
+            "trigger_judgements": trigger_judgements,
+        },
+    )
+    return project
+
+
+def oracle_answer(oracle_name: str, a: str, b: str) -> dict[str, Any]:
+    """The judgement payload an annotator following the oracle gives for responses A and B."""
+    from training.oracles import oracle_named
+
+    choice = oracle_named(oracle_name).prefer(a, b)
+    return {"choice": choice, "strength": 2} if choice != "tie" else {"choice": "tie"}
+
+
+def oracle_label_queue(
+    *, project: Project, annotator: AbstractUser, oracle_name: str = "warm-words"
+) -> int:
+    """The annotator works the queue dry following the oracle (in-process); returns the judgements given."""
+    given = 0
+    while (lease := assignment_lease(annotator=annotator, project=project)) is not None:
+        a, b = (
+            TaskResponse.objects.filter(task_id=lease.task_id)
+            .order_by("position")
+            .values_list("response__text", flat=True)
+        )
+        judgement_submit(
+            assignment=lease,
+            data=oracle_answer(oracle_name, a, b),
+            idempotency_key=f"oracle-{lease.pk}",
+        )
+        given += 1
+    return given
