@@ -2,12 +2,14 @@
 the form's fields (see `add_service_errors`), so the pages and the API refuse the same things with
 the same words."""
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
+from typing import Any
 
 from django import forms
 
 from .errors import TandemError
 from .feedback import MAX_RATIONALE_CHARS, SCHEMAS, STRENGTH_LABELS
+from .loop import ALGORITHMS, QUEUES, SELECTIONS, LoopSettings
 from .models import FeedbackKind, Role
 
 
@@ -98,6 +100,45 @@ class ImportForm(forms.Form):
 class MemberForm(forms.Form):
     username = forms.CharField(max_length=150)
     role = forms.ChoiceField(choices=Role.choices, initial=Role.ANNOTATOR)
+
+
+_LOOP_HELP = {f.name: f.metadata.get("help", "") for f in fields(LoopSettings)}
+
+
+def _choices(values: tuple[str, ...]) -> list[tuple[str, str]]:
+    return [(v, v) for v in values]
+
+
+class LoopSettingsForm(forms.Form):
+    """The loop settings a manager edits on the dashboard; ranges are checked by LoopSettings, so
+    the page and PATCH /api/v1/projects/<id>/loop refuse the same values with the same words."""
+
+    enabled = forms.BooleanField(required=False, label="Loop on")
+    policy_model = forms.CharField(required=False, max_length=500, label="Base policy")
+    reward_backbone = forms.CharField(max_length=500)
+    algorithm = forms.ChoiceField(choices=_choices(ALGORITHMS))
+    samples_per_prompt = forms.IntegerField(label="Samples per prompt (K)")
+    trigger_judgements = forms.IntegerField(label="Judgements that start a round")
+    human_share = forms.FloatField(label="Human share")
+    selection = forms.ChoiceField(choices=_choices(SELECTIONS))
+    queue = forms.ChoiceField(choices=_choices(QUEUES))
+    prompts_per_round = forms.IntegerField()
+    eval_prompts = forms.IntegerField(label="Evaluation prompts")
+    ensemble_members = forms.IntegerField()
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        for name, field in self.fields.items():
+            field.help_text = _LOOP_HELP.get(name, "")
+        self.fields[
+            "enabled"
+        ].help_text = (
+            "On: a round starts by itself once enough fresh judgements arrive (see below)."
+        )
+
+    @classmethod
+    def initial_from(cls, settings: LoopSettings) -> dict[str, Any]:
+        return {name: getattr(settings, name) for name in cls.base_fields}
 
 
 def add_service_errors(form: forms.Form, exc: TandemError) -> None:

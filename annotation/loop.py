@@ -99,8 +99,10 @@ class LoopSettings:
             raise _error("human_share", "must be between 0 and 1")
         if self.trigger_judgements < 0:
             raise _error("trigger_judgements", "must be 0 (manual) or more")
-        if not 1 <= self.prompts_per_round <= 100_000 or not 0 <= self.eval_prompts <= 10_000:
-            raise _error("prompts_per_round", "out of range")
+        if not 1 <= self.prompts_per_round <= 100_000:
+            raise _error("prompts_per_round", "must be between 1 and 100000")
+        if not 0 <= self.eval_prompts <= 10_000:
+            raise _error("eval_prompts", "must be between 0 and 10000")
         if not 1 <= self.ensemble_members <= 16:
             raise _error("ensemble_members", "must be between 1 and 16")
 

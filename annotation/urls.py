@@ -22,4 +22,8 @@ urlpatterns = [
     path("projects/<int:project_id>/imports", views.import_create, name="import-create"),
     path("projects/<int:project_id>/members", views.member_set, name="member-set"),
     path("imports/<int:import_id>", views.import_detail, name="import"),
+    path("projects/<int:project_id>/loop", views.loop_dashboard, name="loop"),
+    path("projects/<int:project_id>/loop/jobs", views.loop_jobs, name="loop-jobs"),
+    path("projects/<int:project_id>/loop/settings", views.loop_settings, name="loop-settings"),
+    path("projects/<int:project_id>/loop/rounds", views.loop_round_start, name="loop-round-start"),
 ]

@@ -13,12 +13,21 @@ from django_htmx.http import HttpResponseClientRedirect, trigger_client_event
 
 from . import selectors, services
 from .errors import Conflict, TandemError
-from .forms import ImportForm, JudgementForm, MemberForm, ProjectCreateForm, add_service_errors
+from .forms import (
+    ImportForm,
+    JudgementForm,
+    LoopSettingsForm,
+    MemberForm,
+    ProjectCreateForm,
+    add_service_errors,
+)
 from .models import Assignment, ImportJob, Project
-from .selectors import pages
+from .selectors import dashboard, pages
+from .services import rounds as round_services
 
 ANNOTATE_PAGE = "annotation/annotate.html"
 PROJECT_PAGE = "annotation/project.html"
+LOOP_PAGE = "annotation/loop.html"
 
 
 def page(view: Callable[..., HttpResponse]) -> Callable[..., HttpResponse]:
@@ -299,4 +308,123 @@ def member_set(request: HttpRequest, project_id: int) -> HttpResponse:
         member_form=form,
         member_message=message,
         status=400 if form.errors else 200,
+    )
+
+
+# --- the online loop ---------------------------------------------------------------------------
+
+
+def _render_loop(
+    request: HttpRequest,
+    project: Project,
+    role: str,
+    *,
+    partial: str = "",
+    form: LoopSettingsForm | None = None,
+    settings_message: str = "",
+    start_message: str = "",
+    start_error: str = "",
+    status: int = 200,
+) -> HttpResponse:
+    board = dashboard.loop_dashboard(project=project)
+    can_manage = role in selectors.MANAGE
+    if form is None and can_manage:
+        form = LoopSettingsForm(initial=LoopSettingsForm.initial_from(board.settings))
+    context = {
+        "project": project,
+        "board": board,
+        "jobs": board.jobs,
+        "polling": board.polling,
+        "can_manage": can_manage,
+        "form": form,
+        "settings_message": settings_message,
+        "start_message": start_message,
+        "start_error": start_error,
+        # Responses to the start button and the last poll also refresh the rounds, out of band.
+        "oob": bool(request.htmx),
+    }
+    template = f"{LOOP_PAGE}#{partial}" if partial and request.htmx else LOOP_PAGE
+    return render(request, template, context, status=status)
+
+
+@require_GET
+@page
+def loop_dashboard(request: HttpRequest, project_id: int) -> HttpResponse:
+    project, role = selectors.access_project(
+        user=request.user, project_id=project_id, roles=selectors.EXPORT
+    )
+    return _render_loop(request, project, role)
+
+
+@require_GET
+@page
+def loop_jobs(request: HttpRequest, project_id: int) -> HttpResponse:
+    """The jobs panel, polled every 2 s while a stage is queued or running.
+
+    A poll only reads the runs; the one that finds nothing active any more also brings the rounds
+    and charts up to date, out of band, and its panel carries no trigger, so the polling stops.
+    """
+    project, role = selectors.access_project(
+        user=request.user, project_id=project_id, roles=selectors.EXPORT
+    )
+    if not request.htmx:
+        return redirect("annotation:loop", project_id=project.pk)
+    jobs = dashboard.jobs_of(project=project)
+    if any(job.active for job in jobs):
+        return render(
+            request, f"{LOOP_PAGE}#jobs", {"project": project, "jobs": jobs, "polling": True}
+        )
+    return _render_loop(request, project, role, partial="jobs-final")
+
+
+@require_POST
+@page
+def loop_settings(request: HttpRequest, project_id: int) -> HttpResponse:
+    project, role = selectors.access_project(
+        user=request.user, project_id=project_id, roles=selectors.MANAGE
+    )
+    form = LoopSettingsForm(request.POST)
+    if form.is_valid():
+        try:
+            round_services.loop_configure(project=project, data=form.cleaned_data)
+        except TandemError as exc:
+            add_service_errors(form, exc)
+        else:
+            if not request.htmx:
+                return redirect("annotation:loop", project_id=project.pk)
+            return _render_loop(
+                request, project, role, partial="settings", settings_message="Settings saved."
+            )
+    return _render_loop(request, project, role, partial="settings", form=form, status=400)
+
+
+@require_POST
+@page
+def loop_round_start(request: HttpRequest, project_id: int) -> HttpResponse:
+    project, role = selectors.access_project(
+        user=request.user, project_id=project_id, roles=selectors.EXPORT
+    )
+    try:
+        started = round_services.round_start(project=project, trigger="manual")
+    except Conflict:
+        return _render_loop(
+            request,
+            project,
+            role,
+            partial="start-response",
+            start_error="A round is already running (or queued): wait for it to finish.",
+            status=409,
+        )
+    except TandemError as exc:
+        return _render_loop(
+            request, project, role, partial="start-response", start_error=exc.message, status=400
+        )
+    if not request.htmx:
+        return redirect("annotation:loop", project_id=project.pk)
+    return _render_loop(
+        request,
+        project,
+        role,
+        partial="start-response",
+        start_message=f"Round {started.number} queued.",
     )

@@ -11,7 +11,7 @@ from django.db.models import Count, QuerySet, Sum
 
 from ..errors import NotFound
 from ..models import Assignment, Judgement, Membership, Project, Task
-from . import ANNOTATE, MANAGE, access_project, project_visible_to, roles_of
+from . import ANNOTATE, EXPORT, MANAGE, access_project, project_visible_to, roles_of
 
 
 def can_create_project(*, user: AbstractUser) -> bool:
@@ -33,6 +33,10 @@ class ProjectRow:
     @property
     def can_manage(self) -> bool:
         return self.role in MANAGE
+
+    @property
+    def can_watch_loop(self) -> bool:
+        return self.role in EXPORT
 
 
 def project_rows_for(*, user: AbstractUser) -> list[ProjectRow]:

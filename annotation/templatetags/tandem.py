@@ -1,5 +1,7 @@
 """Template filters of the Tandem pages."""
 
+from datetime import timedelta
+
 import markdown as markdown_lib
 import nh3
 from django import template
@@ -31,3 +33,26 @@ def markdown_safe(text: str | None) -> SafeString:
         link_rel="noopener noreferrer nofollow",
     )
     return mark_safe(cleaned)
+
+
+def _span(seconds: float) -> str:
+    seconds = max(0, int(seconds))
+    if seconds < 60:
+        return f"{seconds} s"
+    if seconds < 3600:
+        minutes, rest = divmod(seconds, 60)
+        return f"{minutes} min {rest} s" if rest else f"{minutes} min"
+    hours, rest = divmod(seconds, 3600)
+    return f"{hours} h {rest // 60} min" if rest // 60 else f"{hours} h"
+
+
+@register.filter
+def duration(value: timedelta | None) -> str:
+    """'4 min 12 s', '2 h 5 min', or '–' when there is none."""
+    return _span(value.total_seconds()) if value is not None else "–"
+
+
+@register.filter
+def seconds_ago(value: float | None) -> str:
+    """'12 s ago' for an age in seconds."""
+    return f"{_span(value)} ago" if value is not None else "never"
