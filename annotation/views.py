@@ -97,7 +97,7 @@ def _render_task(
     context = {
         "project": project,
         "assignment": assignment,
-        "task": selectors.task_view(task_id=assignment.task_id) if assignment else None,
+        "task": selectors.task_view(task=assignment.task) if assignment else None,
         # A fresh idempotency key per rendered task; a re-render after an error keeps the posted
         # one, so retrying the same answer can never store it twice.
         "form": form or JudgementForm(initial={"idempotency_key": uuid.uuid4().hex}),

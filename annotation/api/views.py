@@ -292,7 +292,7 @@ class AssignmentCreateApi(APIView):
         assignment = services.assignment_lease(annotator=request.user, project=project)
         if assignment is None:
             return Response(status=status.HTTP_204_NO_CONTENT)
-        view = selectors.task_view(task_id=assignment.task_id)
+        view = selectors.task_view(task=assignment.task)
         body = {"id": assignment.pk, "expires_at": assignment.expires_at, "task": view}
         return Response(LeasedTaskSerializer(body).data, status=status.HTTP_201_CREATED)
 

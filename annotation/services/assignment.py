@@ -34,6 +34,7 @@ def _queue_head(*, annotator: AbstractUser, project: Project, now: datetime) -> 
     seen_before = Assignment.objects.filter(task=OuterRef("pk"), annotator=annotator)
     return (
         Task.objects.select_for_update(skip_locked=True, of=("self",))
+        .select_related("prompt")
         .filter(has_room, project=project, is_complete=False)
         .exclude(Exists(seen_before))
         .order_by("-priority", "id")

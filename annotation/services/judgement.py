@@ -38,10 +38,6 @@ def judgement_submit(
             errors=[{"field": "Idempotency-Key", "message": "required"}],
         )
     annotator_id = assignment.annotator_id
-    previous = _previous(annotator_id=annotator_id, key=key, assignment=assignment)
-    if previous is not None:
-        return previous, False
-
     payload, answer = schema_for(assignment.task.kind).validate_payload(data)
     rationale, time_spent_ms = clean_common(data)
     now = timezone.now()
@@ -50,9 +46,13 @@ def judgement_submit(
             task = Task.objects.select_for_update().get(pk=assignment.task_id)
             current = Assignment.objects.select_for_update().get(pk=assignment.pk)
             if current.status == Assignment.Status.SUBMITTED:
-                raise Conflict(
-                    "this assignment already has a judgement (submitted with another key)"
-                )
+                # A replay finds its judgement here; the first submission never pays for this look-up.
+                previous = Judgement.objects.get(assignment=current)
+                if previous.idempotency_key != key:
+                    raise Conflict(
+                        "this assignment already has a judgement (submitted with another key)"
+                    )
+                return previous, False
             if current.status == Assignment.Status.SKIPPED:
                 raise Conflict("this assignment was skipped; lease the task again to judge it")
             late = current.status == Assignment.Status.EXPIRED or current.expires_at <= now
@@ -82,7 +82,8 @@ def judgement_submit(
                 update_fields=["live_leases", "judgement_count", "is_complete", "next_lease_expiry"]
             )
     except IntegrityError:
-        # The same key raced in from a retry: the other request's row is the answer.
+        # The key was used before: by this assignment in a racing retry (its row is the answer),
+        # or by another assignment (a conflict).
         previous = _previous(annotator_id=annotator_id, key=key, assignment=assignment)
         if previous is None:
             raise

@@ -139,7 +139,7 @@ def test_annotate_page_shows_the_task_and_a_reload_keeps_it(client, cast):
     assert response.status_code == 200
     assert b"<html" in response.content
     assignment = live_assignment(cast.annotator, cast.project)
-    view = selectors.task_view(task_id=assignment.task_id)
+    view = selectors.task_view(task=assignment.task)
     assert task_id_in(response) == view.id
     html = response.content.decode()
     for message in view.prompt:
