@@ -1,0 +1,551 @@
+"""Bradley–Terry reward models and reward-model ensembles.
+
+One member is trained by TRL's ``RewardTrainer`` on pairs we tokenize
+ourselves (so decoder backbones with a chat template and encoder backbones
+such as MiniLM, which has no EOS token and no template, take the same path).
+An ensemble is K members that differ in seed and data order, published as one
+atomic run; its spread across members is the disagreement signal that orders
+the annotation queue (DESIGN.md, "The online loop", step 3) and its
+conservative aggregations follow Coste et al. 2024, "Reward Model Ensembles
+Help Mitigate Overoptimization".
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+
+from training.artifacts import ProgressCallback, ProgressReporter, publish_run
+from training.data import Message, PreferencePair, render_messages
+from training.losses import (
+    aggregate_ensemble,
+    expected_calibration_error,
+    mean_margin,
+    pairwise_accuracy,
+)
+from training.models import load_reward_backbone, load_tokenizer, minilm_path
+
+# Written next to each member's weights: how texts were turned into tokens,
+# so that scoring encodes exactly as training did.
+ENCODING_FILE = "tandem_reward.json"
+
+
+@dataclass
+class RewardConfig:
+    """One Bradley–Terry reward model (Ouyang et al. 2022, Eq. 1) trained with TRL."""
+
+    backbone: str = field(
+        default="minilm",
+        metadata={
+            "help": "Model id or local path loaded as a one-output sequence classifier; 'minilm' is the "
+            "bundled all-MiniLM-L6-v2 encoder."
+        },
+    )
+    epochs: float = field(default=1.0, metadata={"help": "Passes over the training pairs."})
+    max_steps: int = field(
+        default=-1,
+        metadata={"help": "If > 0, stop after this many optimizer steps (overrides epochs)."},
+    )
+    learning_rate: float = field(default=3e-5, metadata={"help": "Peak AdamW learning rate."})
+    warmup: float = field(
+        default=0.1,
+        metadata={"help": "Linear warmup, as a fraction of all steps, before linear decay."},
+    )
+    weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay."})
+    batch_size: int = field(
+        default=16, metadata={"help": "Pairs per optimizer step (each pair is two sequences)."}
+    )
+    max_length: int = field(
+        default=384,
+        metadata={"help": "Tokens kept per prompt+completion sequence; longer ones are truncated."},
+    )
+    truncation_side: Literal["left", "right"] = field(
+        default="left",
+        metadata={
+            "help": "Which end to cut long sequences from. 'left' drops the oldest turns and keeps the "
+            "final replies, which are where chosen and rejected differ."
+        },
+    )
+    max_completion_length: int | None = field(
+        default=None,
+        metadata={
+            "help": "If set, long sequences keep the completion's first tokens (at least this many) and "
+            "the end of the prompt, instead of one cut on truncation_side."
+        },
+    )
+    use_margin: bool = field(
+        default=True,
+        metadata={
+            "help": "Subtract each pair's margin inside the loss, −log σ(r⁺ − r⁻ − m) (Llama 2, Eq. 2); "
+            "pairs without one get m = 0."
+        },
+    )
+    center_rewards_coefficient: float | None = field(
+        default=None,
+        metadata={
+            "help": "If set, adds coef · mean((r⁺ + r⁻)²) to keep rewards centred near 0 (Eisenstein et al. "
+            "2023); 0.01 is the usual value."
+        },
+    )
+    freeze_embeddings: bool = field(
+        default=False,
+        metadata={
+            "help": "Keep the input embeddings fixed: faster steps, less overfitting on small data."
+        },
+    )
+    freeze_layers: int = field(
+        default=0, metadata={"help": "Keep the lowest N transformer blocks fixed (0 trains all)."}
+    )
+    seed: int = field(
+        default=0,
+        metadata={"help": "Seed for the new head's initialisation, dropout and data order."},
+    )
+    cpu_threads: int = field(
+        default=2,
+        metadata={"help": "torch threads when training on CPU (the CI machines have 2 cores)."},
+    )
+    bf16: bool = field(
+        default=False,
+        metadata={"help": "Train in bf16 mixed precision (GPU with bf16 support only)."},
+    )
+    logging_steps: int = field(default=5, metadata={"help": "Optimizer steps between loss logs."})
+
+
+@dataclass
+class EnsembleConfig:
+    """K reward models that differ only in seed, hence head initialisation and data order.
+
+    Coste et al. 2024 train members from the same pretrained model with
+    different seeds; member k uses seed ``reward.seed + k``.
+    """
+
+    members: int = field(default=3, metadata={"help": "Ensemble size K."})
+    lambda_std: float = field(
+        default=1.0,
+        metadata={
+            "help": "λ of the uncertainty-weighted reward mean − λ·std, used when the ensemble scores "
+            "for optimisation (Coste et al. 2024, UWO)."
+        },
+    )
+    reward: RewardConfig = field(
+        default_factory=RewardConfig, metadata={"help": "How each member is trained."}
+    )
+
+    def member_config(self, k: int) -> RewardConfig:
+        return replace(self.reward, seed=self.reward.seed + k)
+
+
+@dataclass(frozen=True)
+class RewardResult:
+    path: Path
+    metrics: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class EnsembleResult:
+    path: Path
+    metrics: dict[str, Any]
+
+
+def resolve_backbone(backbone: str) -> str:
+    return str(minilm_path()) if backbone == "minilm" else backbone
+
+
+@dataclass(frozen=True)
+class _Encoding:
+    max_length: int
+    truncation_side: str
+    max_completion_length: int | None = None
+
+
+def _as_messages(completion: Sequence[Message] | str) -> list[Message]:
+    if isinstance(completion, str):
+        return [{"role": "assistant", "content": completion}]
+    return list(completion)
+
+
+def _cut(ids: list[int], room: int, side: str) -> list[int]:
+    if len(ids) <= room:
+        return ids
+    return ids[len(ids) - room :] if side == "left" else ids[:room]
+
+
+def _encode(
+    tokenizer: Any,
+    prompt: Sequence[Message],
+    completion: Sequence[Message] | str,
+    encoding: _Encoding,
+) -> list[int]:
+    """Token ids of prompt + completion, at most ``encoding.max_length`` of them.
+
+    The first token (BOS / [CLS]) and the last ([SEP], or the template's EOS)
+    survive any cut when they are special tokens: encoders pool the first,
+    decoder classifiers read the last. With ``max_completion_length`` the
+    completion keeps its start (up to that many tokens, more if the prompt is
+    short) and the prompt its end, as TRL's DPO truncation does; otherwise the
+    whole sequence is cut on ``truncation_side``.
+    """
+    completion = _as_messages(completion)
+    text = render_messages(tokenizer, prompt, completion)
+    # A chat template writes its own BOS; tokenizers without one add [CLS]/[SEP] here.
+    has_template = bool(getattr(tokenizer, "chat_template", None))
+    ids: list[int] = tokenizer(text, add_special_tokens=not has_template)["input_ids"]
+    if len(ids) <= encoding.max_length:
+        return ids
+    special = set(tokenizer.all_special_ids)
+    head = ids[:1] if ids[0] in special else []
+    tail = ids[-1:] if ids[-1] in special else []
+    room = encoding.max_length - len(head) - len(tail)
+    body = ids[len(head) : len(ids) - len(tail)]
+    prompt_text = render_messages(tokenizer, prompt, [])
+    if encoding.max_completion_length is None or not text.startswith(prompt_text):
+        return head + _cut(body, room, encoding.truncation_side) + tail
+    # Split at the prompt's text boundary; a template that renders the prompt
+    # differently on its own (the startswith check) falls back to one cut.
+    prompt_ids = tokenizer(prompt_text, add_special_tokens=False)["input_ids"]
+    if prompt_ids[:1] == head:
+        prompt_ids = prompt_ids[1:]
+    completion_ids = body[len(prompt_ids) :]
+    prompt_room = room - min(len(completion_ids), encoding.max_completion_length)
+    kept_prompt = _cut(prompt_ids, max(prompt_room, 0), "left")
+    kept_completion = completion_ids[: room - len(kept_prompt)]
+    return head + kept_prompt + kept_completion + tail
+
+
+def _freeze(model: Any, config: RewardConfig) -> None:
+    if config.freeze_embeddings:
+        model.get_input_embeddings().requires_grad_(False)
+    if config.freeze_layers:
+        base = model.base_model
+        blocks = getattr(base, "layers", None)
+        if blocks is None:
+            blocks = base.encoder.layer
+        for block in blocks[: config.freeze_layers]:
+            block.requires_grad_(False)
+
+
+def _set_threads(config: RewardConfig) -> None:
+    if not torch.cuda.is_available():
+        torch.set_num_threads(config.cpu_threads)
+
+
+def train_reward_model(
+    pairs: Sequence[PreferencePair],
+    config: RewardConfig,
+    *,
+    output_dir: str | Path,
+    progress: ProgressCallback | None = None,
+    stage: str = "reward",
+) -> RewardResult:
+    """Fit one Bradley–Terry reward model on ``pairs`` with TRL's ``RewardTrainer``; save it to ``output_dir``.
+
+    Tied pairs are skipped (they carry no Bradley–Terry signal). The saved
+    directory holds the model, its tokenizer and ``ENCODING_FILE``, and loads
+    with ``RewardEnsemble.load``. Not atomic by itself: publish through
+    ``train_reward_ensemble`` (or ``artifacts.publish_run``).
+
+    Metrics: ``n_train``, ``n_ties_skipped``, ``train_loss`` (mean over
+    training), ``loss_first``/``loss_last`` (first and last logged loss),
+    ``train_accuracy_last``, ``steps``, ``seconds``.
+    """
+    from datasets import Dataset
+    from transformers import PrinterCallback, set_seed
+    from trl import RewardConfig as TRLRewardConfig
+    from trl import RewardTrainer
+
+    started = time.perf_counter()
+    _set_threads(config)
+    usable = [pair for pair in pairs if not pair.tie]
+    if not usable:
+        raise ValueError("no untied preference pairs to train on")
+    backbone = resolve_backbone(config.backbone)
+    tokenizer = load_tokenizer(backbone)
+    encoding = _Encoding(config.max_length, config.truncation_side, config.max_completion_length)
+    with_margin = config.use_margin and any(pair.margin is not None for pair in usable)
+    rows = []
+    for pair in usable:
+        row: dict[str, Any] = {
+            "chosen_ids": _encode(tokenizer, pair.prompt, pair.chosen, encoding),
+            "rejected_ids": _encode(tokenizer, pair.prompt, pair.rejected, encoding),
+        }
+        if with_margin:
+            row["margin"] = pair.margin or 0.0
+        rows.append(row)
+
+    # The new head's initialisation depends on the seed: it is what makes
+    # ensemble members start apart from one shared backbone.
+    set_seed(config.seed)
+    model = load_reward_backbone(backbone)
+    _freeze(model, config)
+    output_dir = Path(output_dir)
+    with tempfile.TemporaryDirectory(prefix="tandem-reward-") as scratch:
+        args = TRLRewardConfig(
+            output_dir=scratch,
+            num_train_epochs=config.epochs,
+            max_steps=config.max_steps,
+            learning_rate=config.learning_rate,
+            warmup_steps=config.warmup,
+            weight_decay=config.weight_decay,
+            lr_scheduler_type="linear",
+            per_device_train_batch_size=config.batch_size,
+            # Sequences are already cut to max_length above; TRL would drop, not cut, longer ones.
+            max_length=None,
+            center_rewards_coefficient=config.center_rewards_coefficient,
+            seed=config.seed,
+            data_seed=config.seed,
+            bf16=config.bf16,
+            # Checkpointing trades compute for memory; tiny CPU runs need the compute.
+            gradient_checkpointing=False,
+            logging_steps=config.logging_steps,
+            save_strategy="no",
+            report_to="none",
+            disable_tqdm=True,
+        )
+        callbacks = [ProgressReporter(progress, stage)] if progress is not None else None
+        trainer = RewardTrainer(
+            model=model,
+            args=args,
+            train_dataset=Dataset.from_list(rows),
+            processing_class=tokenizer,
+            callbacks=callbacks,
+        )
+        # The printer echoes every log dict to stdout; progress goes through ``progress``.
+        trainer.remove_callback(PrinterCallback)
+        output = trainer.train()
+        history = [entry for entry in trainer.state.log_history if "loss" in entry]
+        trainer.save_model(str(output_dir))
+    tokenizer.save_pretrained(str(output_dir))
+    (output_dir / ENCODING_FILE).write_text(json.dumps(asdict(encoding)))
+    metrics: dict[str, Any] = {
+        "n_train": len(usable),
+        "n_ties_skipped": len(pairs) - len(usable),
+        "train_loss": float(output.training_loss),
+        "loss_first": float(history[0]["loss"]) if history else None,
+        "loss_last": float(history[-1]["loss"]) if history else None,
+        "train_accuracy_last": float(history[-1]["accuracy"]) if history else None,
+        "steps": int(output.global_step),
+        "seconds": round(time.perf_counter() - started, 2),
+    }
+    return RewardResult(path=output_dir, metrics=metrics)
+
+
+@dataclass(frozen=True)
+class EnsembleScores:
+    """Rewards of ``K`` members for ``N`` items; ``members`` has shape ``[K, N]``."""
+
+    members: np.ndarray
+
+    def _aggregate(
+        self, how: Literal["mean", "worst", "uncertainty_weighted"], lam: float = 0.0
+    ) -> np.ndarray:
+        return aggregate_ensemble(torch.from_numpy(self.members), how, lam=lam).numpy()
+
+    @property
+    def mean(self) -> np.ndarray:
+        """``[N]`` mean over members."""
+        return self._aggregate("mean")
+
+    @property
+    def std(self) -> np.ndarray:
+        """``[N]`` population standard deviation over members: the disagreement signal."""
+        return self.members.std(axis=0)
+
+    @property
+    def worst(self) -> np.ndarray:
+        """``[N]`` minimum over members (worst-case optimisation, Coste et al. 2024)."""
+        return self._aggregate("worst")
+
+    def uncertainty_weighted(self, lam: float) -> np.ndarray:
+        """``[N]`` mean − λ·std (uncertainty-weighted optimisation, Coste et al. 2024, with std for Var)."""
+        return self._aggregate("uncertainty_weighted", lam)
+
+
+class RewardEnsemble:
+    """K trained reward models that score (prompt, completion) pairs together.
+
+    ``load`` accepts a published ensemble run (``members/0``, ``members/1``, ...)
+    or a single model directory (then K = 1).
+    """
+
+    def __init__(
+        self, models: list[Any], tokenizers: list[Any], encodings: list[_Encoding], device: str
+    ) -> None:
+        self.models = models
+        self.tokenizers = tokenizers
+        self.encodings = encodings
+        self.device = device
+
+    def __len__(self) -> int:
+        return len(self.models)
+
+    @classmethod
+    def load(cls, path: str | Path, device: str = "cpu") -> RewardEnsemble:
+        from transformers import AutoModelForSequenceClassification
+
+        path = Path(path)
+        members_dir = path / "members"
+        if members_dir.is_dir():
+            dirs = sorted(
+                (d for d in members_dir.iterdir() if d.is_dir()), key=lambda d: int(d.name)
+            )
+        else:
+            dirs = [path]
+        if not dirs:
+            raise FileNotFoundError(f"{path} holds no reward models")
+        models, tokenizers, encodings = [], [], []
+        for member in dirs:
+            model = AutoModelForSequenceClassification.from_pretrained(
+                str(member), dtype=torch.float32
+            )
+            models.append(model.to(device).eval())
+            tokenizers.append(load_tokenizer(member))
+            settings = json.loads((member / ENCODING_FILE).read_text())
+            encodings.append(_Encoding(**settings))
+        return cls(models, tokenizers, encodings, device)
+
+    @torch.no_grad()
+    def _score_member(
+        self,
+        k: int,
+        prompts: Sequence[Sequence[Message]],
+        completions: Sequence[Any],
+        batch_size: int,
+    ) -> np.ndarray:
+        model, tokenizer, encoding = self.models[k], self.tokenizers[k], self.encodings[k]
+        ids = [
+            _encode(tokenizer, p, c, encoding) for p, c in zip(prompts, completions, strict=True)
+        ]
+        # Batching by length wastes less compute on padding; results go back in input order.
+        order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
+        scores = np.empty(len(ids), dtype=np.float64)
+        for start in range(0, len(order), batch_size):
+            batch = order[start : start + batch_size]
+            width = max(len(ids[i]) for i in batch)
+            input_ids = torch.full((len(batch), width), tokenizer.pad_token_id, dtype=torch.long)
+            attention = torch.zeros((len(batch), width), dtype=torch.long)
+            for row, i in enumerate(batch):
+                input_ids[row, : len(ids[i])] = torch.tensor(ids[i])
+                attention[row, : len(ids[i])] = 1
+            logits = model(
+                input_ids=input_ids.to(self.device), attention_mask=attention.to(self.device)
+            ).logits
+            scores[batch] = logits[:, 0].float().cpu().numpy()
+        return scores
+
+    def score(
+        self,
+        prompts: Sequence[Sequence[Message]],
+        completions: Sequence[Sequence[Message] | str],
+        batch_size: int = 32,
+    ) -> EnsembleScores:
+        """Reward of each ``completions[i]`` given ``prompts[i]`` under every member: ``members`` is ``[K, N]``.
+
+        A string completion is one assistant message.
+        """
+        if len(prompts) != len(completions):
+            raise ValueError(f"{len(prompts)} prompts but {len(completions)} completions")
+        if not prompts:
+            return EnsembleScores(np.zeros((len(self), 0)))
+        members = [
+            self._score_member(k, prompts, completions, batch_size) for k in range(len(self))
+        ]
+        return EnsembleScores(np.stack(members))
+
+
+def _pair_metrics(chosen: np.ndarray, rejected: np.ndarray) -> dict[str, float]:
+    c, r = torch.from_numpy(chosen), torch.from_numpy(rejected)
+    return {
+        "accuracy": pairwise_accuracy(c, r),
+        "mean_margin": mean_margin(c, r),
+        "ece": expected_calibration_error(c, r),
+    }
+
+
+def evaluate_pairs(
+    ensemble: RewardEnsemble,
+    pairs: Sequence[PreferencePair],
+    *,
+    lam: float = 1.0,
+    batch_size: int = 32,
+) -> dict[str, Any]:
+    """Held-out metrics of an ensemble on untied human pairs.
+
+    ``accuracy``, ``mean_margin`` and ``ece`` use the mean reward;
+    ``accuracy_worst`` and ``accuracy_uncertainty_weighted`` (mean − ``lam``·std)
+    the conservative aggregations of Coste et al. 2024; ``member_accuracy``
+    lists each member's own; ``mean_std`` is the average member disagreement
+    over both completions; ``n`` counts the pairs (ties are ignored).
+    """
+    usable = [pair for pair in pairs if not pair.tie]
+    if not usable:
+        raise ValueError("no untied pairs to evaluate")
+    prompts = [pair.prompt for pair in usable]
+    chosen = ensemble.score(prompts, [pair.chosen for pair in usable], batch_size)
+    rejected = ensemble.score(prompts, [pair.rejected for pair in usable], batch_size)
+    metrics: dict[str, Any] = {"n": len(usable), **_pair_metrics(chosen.mean, rejected.mean)}
+    metrics["accuracy_worst"] = _pair_metrics(chosen.worst, rejected.worst)["accuracy"]
+    metrics["accuracy_uncertainty_weighted"] = _pair_metrics(
+        chosen.uncertainty_weighted(lam), rejected.uncertainty_weighted(lam)
+    )["accuracy"]
+    metrics["member_accuracy"] = [
+        _pair_metrics(chosen.members[k], rejected.members[k])["accuracy"]
+        for k in range(len(ensemble))
+    ]
+    metrics["mean_std"] = float(np.concatenate([chosen.std, rejected.std]).mean())
+    return metrics
+
+
+def train_reward_ensemble(
+    pairs: Sequence[PreferencePair],
+    config: EnsembleConfig,
+    *,
+    root: Path,
+    name: str,
+    eval_pairs: Sequence[PreferencePair] | None = None,
+    progress: ProgressCallback | None = None,
+    data_cursor: str | None = None,
+    parent: str | None = None,
+) -> EnsembleResult:
+    """Train ``config.members`` reward models and publish them atomically as ``root/name``.
+
+    Layout: ``members/<k>/`` per member plus ``manifest.json`` (kind
+    ``"reward_ensemble"``). Metrics: ``members`` (each member's training
+    metrics), ``eval`` (``evaluate_pairs`` on ``eval_pairs``, if given),
+    ``seconds``. Either the whole ensemble is published or nothing is.
+    """
+    if config.members < 1:
+        raise ValueError(f"an ensemble needs at least one member, got {config.members}")
+    started = time.perf_counter()
+    with publish_run(
+        Path(root),
+        name,
+        kind="reward_ensemble",
+        config=asdict(config),
+        data_cursor=data_cursor,
+        parent=parent,
+    ) as run:
+        member_metrics = []
+        for k in range(config.members):
+            result = train_reward_model(
+                pairs,
+                config.member_config(k),
+                output_dir=run.path / "members" / str(k),
+                progress=progress,
+                stage=f"reward member {k + 1}/{config.members}",
+            )
+            member_metrics.append(result.metrics)
+        metrics: dict[str, Any] = {"members": member_metrics}
+        if eval_pairs:
+            ensemble = RewardEnsemble.load(run.path)
+            metrics["eval"] = evaluate_pairs(ensemble, eval_pairs, lam=config.lambda_std)
+        metrics["seconds"] = round(time.perf_counter() - started, 2)
+        run.metrics = metrics
+    return EnsembleResult(path=Path(root) / name, metrics=metrics)
