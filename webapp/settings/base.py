@@ -148,8 +148,14 @@ CELERY_TASK_ROUTES = {"annotation.tasks.*": {"queue": "cpu"}}
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 # Beat starts due rounds and revives lost jobs; the trigger lives in the database, so a tick that
 # is missed while the broker is down only delays a round.
+_TICK_SECONDS = float(os.environ.get("TANDEM_LOOP_TICK_SECONDS", "10"))
 CELERY_BEAT_SCHEDULE = {
-    "loop-tick": {"task": "annotation.tasks.loop_tick", "schedule": float(os.environ.get("TANDEM_LOOP_TICK_SECONDS", "10"))},
+    "loop-tick": {
+        "task": "annotation.tasks.loop_tick",
+        "schedule": _TICK_SECONDS,
+        # A tick that waited behind a long training job is stale: drop it rather than run a backlog.
+        "options": {"expires": _TICK_SECONDS},
+    },
 }
 
 # --- Tandem -------------------------------------------------------------------
