@@ -146,7 +146,6 @@ def test_only_the_first_errors_are_listed_with_a_count_of_the_rest():
 
 
 @pytest.mark.django_db(transaction=True)
-@override_settings(TANDEM_IMPORT_INLINE_BYTES=100)
 def test_large_file_runs_as_a_celery_job_on_the_real_broker(tmp_path, settings):
     """The upload is queued on Redis and a real worker (in a thread) imports it."""
     import time
@@ -155,7 +154,10 @@ def test_large_file_runs_as_a_celery_job_on_the_real_broker(tmp_path, settings):
 
     from webapp.celery import app
 
+    # Both through the settings fixture: mixing it with an override_settings decorator restores
+    # them out of order and leaks the small inline size into later tests.
     settings.MEDIA_ROOT = tmp_path
+    settings.TANDEM_IMPORT_INLINE_BYTES = 100
     app.control.purge()  # leftovers of an earlier, interrupted run must not be consumed here
     project = ProjectFactory()
     job = run(project, jsonl(pairwise_lines(30)))
