@@ -1,0 +1,521 @@
+"""Proof that the online loop learns: three rounds of iterative DPO with a hidden oracle as the human.
+
+The task. Prompts ask to "describe" a topic; a reply names the topic and then
+six words. Some words are *warm* (``GOOD``); the oracle's utility is the
+number of warm words in the reply, and it prefers the reply with more (equal
+counts are a tie, which a human would also report). The warm-start policy
+π_0 is a tiny Llama fitted with TRL's ``SFTTrainer`` on replies whose words
+are warm with probability 0.25, so it only sometimes has the property.
+
+Each round r = 1..3 (the Online-RLHF recipe, Dong et al. 2024, "RLHF
+Workflow"; DESIGN.md "The online loop"):
+
+1. π_{r-1} samples K replies for a fresh slice of training prompts
+   (``TransformersGenerator``).
+2. Pairs are selected: round 1 at random (no reward model yet), later rounds
+   best-vs-worst by the ensemble mean (``training.selection``).
+3. The oracle labels them; ties are dropped, as the export drops them.
+4. The reward ensemble is fitted on all labels so far
+   (``training.reward.train_reward_ensemble``, backbone = π_0 with a fresh
+   scalar head).
+5. DPO from π_{r-1} against the FIXED reference π_0 (``training.policy.train_dpo``).
+6. On held-out prompts: (a) the ensemble's accuracy against the oracle on
+   pairs of π_{r-1}'s samples with different utility, (b) the oracle win rate
+   of π_r against π_0, sample i against sample i, ties counted as half.
+
+The selection experiment: from a pool of π_0 samples on training prompts,
+labels are bought in steps; "disagreement" fits the ensemble on the labels
+so far and buys the pairs its members disagree on most, "random" buys
+uniformly. Both start from the same random seed set, and the ensemble
+accuracy on a fixed held-out pair set is recorded after every step.
+
+Run: ``python -m bench.oracle_loop --json bench/out/oracle_loop.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import shutil
+import sys
+import tempfile
+import time
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from training.data import Message, PreferencePair
+from training.generation import GenerationConfig, TransformersGenerator, set_cpu_threads
+from training.oracles import WarmWords
+from training.policy import DPOConfig, train_dpo
+from training.reward import (
+    EnsembleConfig,
+    RewardConfig,
+    RewardEnsemble,
+    evaluate_pairs,
+    train_reward_ensemble,
+)
+from training.selection import select_pairs
+
+ORACLE = WarmWords()
+
+
+def oracle_utility(text: str) -> float:
+    """The hidden human: how many warm words the reply contains (training.oracles.WarmWords)."""
+    return ORACLE.utility(text)
+
+
+def oracle_pair(prompt: list[Message], a: str, b: str) -> PreferencePair | None:
+    """The oracle's judgement as an export row would carry it; ``None`` for a tie."""
+    preference = ORACLE.prefer(a, b)
+    if preference == "tie":
+        return None
+    chosen, rejected = (a, b) if preference == "A" else (b, a)
+    return PreferencePair(
+        prompt=prompt,
+        chosen=[{"role": "assistant", "content": chosen}],
+        rejected=[{"role": "assistant", "content": rejected}],
+    )
+
+
+def make_prompts() -> list[list[Message]]:
+    return ORACLE.prompts()
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Sizes of the experiment; the defaults finish in under 10 minutes on 2 CPU cores."""
+
+    seed: int = 0
+    k: int = 4
+    prompts_per_round: int = 96
+    eval_prompts: int = 48
+    rounds: int = 3
+    sft_steps: int = 120
+    max_new_tokens: int = 14
+    members: int = 3
+    reward_epochs: float = 8.0
+    reward_lr: float = 3e-3
+    # Measured: lr 1.5e-3 left π_1 worse than π_0 on one seed (DPO on a tiny
+    # model is sensitive to the step size); 2e-3 x 3 epochs improved every round.
+    dpo_epochs: float = 3.0
+    dpo_lr: float = 2e-3
+    dpo_beta: float = 0.1
+    # Tiny models on a shared 2-core box: one thread per process measured
+    # 3-4x faster than two (thread synchronisation costs more than the
+    # matmuls), see --threads.
+    threads: int = 1
+    selection_steps: tuple[int, ...] = (16, 32, 48, 64, 80, 96, 128)
+    selection_seeds: int = 3
+    bagging: bool = False
+
+
+def warm_start(work: Path, prompts: Sequence[list[Message]], settings: Settings) -> Path:
+    """π_0: a tiny Llama (hidden 64, 2 layers) fitted with TRL's SFTTrainer on synthetic replies."""
+    return ORACLE.warm_start(
+        work / "pi0", steps=settings.sft_steps, seed=settings.seed, prompts=prompts
+    )
+
+
+def ensemble_config(settings: Settings, backbone: Path, seed: int) -> EnsembleConfig:
+    return EnsembleConfig(
+        members=settings.members,
+        reward=RewardConfig(
+            backbone=str(backbone),
+            epochs=settings.reward_epochs,
+            learning_rate=settings.reward_lr,
+            batch_size=16,
+            max_length=64,
+            seed=seed,
+            logging_steps=10,
+            cpu_threads=settings.threads,
+        ),
+    )
+
+
+def fit_bagged_ensemble(
+    pairs: list[PreferencePair], config: EnsembleConfig, root: Path, name: str, seed: int
+) -> Path:
+    """Query by bagging (Abe & Mamitsuka 1998): member k fits a bootstrap resample of the labels.
+
+    ``train_reward_ensemble`` varies members by seed only, so on small data
+    they share one fit and their disagreement is mostly head-initialisation
+    noise; resampling makes it track what the labels leave undetermined.
+    """
+    from dataclasses import asdict
+
+    from training.artifacts import publish_run
+    from training.reward import train_reward_model
+
+    rng = random.Random(seed)
+    with publish_run(root, name, kind="reward_ensemble", config=asdict(config)) as run:
+        for k in range(config.members):
+            sample = [rng.choice(pairs) for _ in pairs]
+            train_reward_model(
+                sample, config.member_config(k), output_dir=run.path / "members" / str(k)
+            )
+    return root / name
+
+
+def distinct_utility_pairs(
+    prompts: Sequence[list[Message]], samples: Sequence[Sequence[str]]
+) -> list[PreferencePair]:
+    """Every pair of a prompt's samples that the oracle does not call a tie."""
+    pairs = []
+    for prompt, texts in zip(prompts, samples, strict=True):
+        for i in range(len(texts)):
+            for j in range(i + 1, len(texts)):
+                pair = oracle_pair(prompt, texts[i], texts[j])
+                if pair is not None:
+                    pairs.append(pair)
+    return pairs
+
+
+def win_rate(candidate: Sequence[Sequence[str]], baseline: Sequence[Sequence[str]]) -> float:
+    """Oracle win rate of ``candidate`` over ``baseline``, sample i against sample i; ties count half."""
+    wins = []
+    for ours, theirs in zip(candidate, baseline, strict=True):
+        for a, b in zip(ours, theirs, strict=True):
+            ua, ub = oracle_utility(a), oracle_utility(b)
+            wins.append(1.0 if ua > ub else 0.5 if ua == ub else 0.0)
+    return float(np.mean(wins))
+
+
+def score_candidates(
+    ensemble: RewardEnsemble, prompts: Sequence[list[Message]], samples: Sequence[Sequence[str]]
+) -> np.ndarray:
+    """Ensemble rewards ``[members, n_prompts, k]`` for every sample."""
+    flat_prompts = [p for p, texts in zip(prompts, samples, strict=True) for _ in texts]
+    flat_texts = [t for texts in samples for t in texts]
+    members = ensemble.score(flat_prompts, flat_texts).members
+    return members.reshape(members.shape[0], len(samples), -1)
+
+
+def online_loop(
+    work: Path,
+    pi0: Path,
+    train_prompts: list[list[Message]],
+    eval_prompts: list[list[Message]],
+    settings: Settings,
+) -> list[dict[str, Any]]:
+    gen_config = GenerationConfig(
+        k=settings.k, temperature=1.0, max_new_tokens=settings.max_new_tokens, seed=settings.seed
+    )
+    base_eval = TransformersGenerator(pi0, device="cpu").generate(eval_prompts, gen_config)
+    labels: list[PreferencePair] = []
+    ensemble: RewardEnsemble | None = None
+    policy = pi0
+    rounds = []
+    print(
+        f"{'round':>5} {'labels':>6} {'reward_acc':>10} {'win_vs_pi0':>10} {'utility':>7} {'seconds':>7}"
+    )
+    print(
+        f"{0:>5} {0:>6} {'-':>10} {0.5:>10.3f} {np.mean([oracle_utility(t) for s in base_eval for t in s]):>7.2f}"
+    )
+    for r in range(1, settings.rounds + 1):
+        started = time.perf_counter()
+        prompts = train_prompts[
+            (r - 1) * settings.prompts_per_round : r * settings.prompts_per_round
+        ]
+        generator = TransformersGenerator(policy, device="cpu")
+        samples = generator.generate(
+            prompts, GenerationConfig(**{**gen_config.__dict__, "seed": settings.seed + r})
+        )
+        if ensemble is None:
+            selected = select_pairs(
+                samples, np.zeros((1, len(prompts), settings.k)), strategy="random", seed=r
+            )
+        else:
+            scores = score_candidates(ensemble, prompts, samples)
+            selected = select_pairs(samples, scores, strategy="best_vs_worst", seed=r)
+        fresh = [
+            pair
+            for s in selected
+            if (
+                pair := oracle_pair(
+                    prompts[s.prompt_index],
+                    samples[s.prompt_index][s.first],
+                    samples[s.prompt_index][s.second],
+                )
+            )
+        ]
+        labels += fresh
+        # The held-out check pairs come from the policy being judged this round.
+        eval_samples = generator.generate(
+            eval_prompts, GenerationConfig(**{**gen_config.__dict__, "seed": 10_000 + r})
+        )
+        eval_pairs = distinct_utility_pairs(eval_prompts, eval_samples)
+        fitted = train_reward_ensemble(
+            labels,
+            ensemble_config(settings, pi0, settings.seed + 100 * r),
+            root=work,
+            name=f"reward-r{r}",
+        )
+        ensemble = RewardEnsemble.load(fitted.path)
+        accuracy = evaluate_pairs(ensemble, eval_pairs)["accuracy"]
+        result = train_dpo(
+            fresh,
+            DPOConfig(
+                loss="sigmoid",
+                beta=settings.dpo_beta,
+                learning_rate=settings.dpo_lr,
+                epochs=settings.dpo_epochs,
+                batch_size=16,
+                max_length=64,
+                seed=settings.seed + r,
+            ),
+            policy_ref=policy,
+            reference_ref=pi0,
+            root=work,
+            name=f"policy-r{r}",
+            parent=policy.name,
+        )
+        policy = result.path
+        ours = TransformersGenerator(policy, device="cpu").generate(eval_prompts, gen_config)
+        rate = win_rate(ours, base_eval)
+        utility = float(np.mean([oracle_utility(t) for s in ours for t in s]))
+        seconds = time.perf_counter() - started
+        print(
+            f"{r:>5} {len(labels):>6} {accuracy:>10.3f} {rate:>10.3f} {utility:>7.2f} {seconds:>7.1f}",
+            flush=True,
+        )
+        rounds.append(
+            {
+                "round": r,
+                "labels": len(labels),
+                "new_pairs": len(fresh),
+                "reward_accuracy": round(accuracy, 4),
+                "win_rate_vs_initial": round(rate, 4),
+                "mean_utility": round(utility, 3),
+                "dpo_loss_final": result.metrics.get("loss_final"),
+                "seconds": round(seconds, 1),
+            }
+        )
+    return rounds
+
+
+def selection_experiment(
+    work: Path,
+    pi0: Path,
+    train_prompts: list[list[Message]],
+    eval_prompts: list[list[Message]],
+    settings: Settings,
+) -> dict[str, list[list[float]]]:
+    """Accuracy against labels bought, disagreement-first vs random; averaged over seeds."""
+    generator = TransformersGenerator(pi0, device="cpu")
+    pool_samples = generator.generate(
+        train_prompts,
+        GenerationConfig(k=settings.k, max_new_tokens=settings.max_new_tokens, seed=7),
+    )
+    eval_samples = generator.generate(
+        eval_prompts, GenerationConfig(k=settings.k, max_new_tokens=settings.max_new_tokens, seed=8)
+    )
+    eval_pairs = distinct_utility_pairs(eval_prompts, eval_samples)
+    # Every unordered pair of a prompt's samples is one purchasable label (identical texts excluded).
+    all_pairs = [
+        (p, i, j)
+        for p, texts in enumerate(pool_samples)
+        for i in range(len(texts))
+        for j in range(i + 1, len(texts))
+        if texts[i] != texts[j]
+    ]
+    curves: dict[str, list[list[float]]] = {"disagreement": [], "random": []}
+    fits = 0
+
+    def fit(bought: list[tuple[int, int, int]], seed: int) -> tuple[RewardEnsemble | None, float]:
+        nonlocal fits
+        pairs = [
+            pair
+            for p, i, j in bought
+            if (pair := oracle_pair(train_prompts[p], pool_samples[p][i], pool_samples[p][j]))
+        ]
+        fits += 1
+        config = ensemble_config(settings, pi0, seed)
+        if settings.bagging:
+            path = fit_bagged_ensemble(pairs, config, work, f"sel-{fits}", seed)
+        else:
+            path = train_reward_ensemble(pairs, config, root=work, name=f"sel-{fits}").path
+        ensemble = RewardEnsemble.load(path)
+        return ensemble, evaluate_pairs(ensemble, eval_pairs)["accuracy"]
+
+    per_seed: dict[str, list[list[float]]] = {"disagreement": [], "random": []}
+    for seed in range(settings.selection_seeds):
+        rng = random.Random(1000 + seed)
+        order = list(all_pairs)
+        rng.shuffle(order)
+        seed_set = order[: settings.selection_steps[0]]
+        first_ensemble, first_accuracy = fit(seed_set, seed)
+        for strategy in ("disagreement", "random"):
+            bought = list(seed_set)
+            ensemble = first_ensemble
+            accuracies = [first_accuracy]
+            for budget in settings.selection_steps[1:]:
+                need = budget - len(bought)
+                taken = set(bought)
+                if strategy == "random":
+                    extra = [pair for pair in order if pair not in taken][:need]
+                else:
+                    assert ensemble is not None
+                    scores = score_candidates(ensemble, train_prompts, pool_samples)
+                    ranked = select_pairs(
+                        pool_samples,
+                        scores,
+                        strategy="disagreement",
+                        per_prompt=settings.k * settings.k,
+                        seed=seed,
+                    )
+                    # Most disputed first, at most one new pair per prompt in a
+                    # batch: the batch spreads over prompts instead of buying
+                    # the same confusion several times.
+                    extra, used = [], set()
+                    for s in ranked:
+                        key = (s.prompt_index, min(s.first, s.second), max(s.first, s.second))
+                        if key not in taken and s.prompt_index not in used and len(extra) < need:
+                            extra.append(key)
+                            used.add(s.prompt_index)
+                bought += extra
+                ensemble, accuracy = fit(bought, seed)
+                accuracies.append(accuracy)
+            per_seed[strategy].append(accuracies)
+            print(
+                f"  selection seed {seed} {strategy:>12}: "
+                + " ".join(f"{a:.3f}" for a in accuracies),
+                flush=True,
+            )
+    for strategy, runs in per_seed.items():
+        mean = np.mean(np.asarray(runs), axis=0)
+        curves[strategy] = [
+            [float(b), round(float(a), 4)]
+            for b, a in zip(settings.selection_steps, mean, strict=True)
+        ]
+    return curves
+
+
+def labels_to_reach(curve: list[list[float]], target: float) -> float | None:
+    for labels, accuracy in curve:
+        if accuracy >= target:
+            return labels
+    return None
+
+
+def plot(rounds: list[dict[str, Any]], curves: dict[str, list[list[float]]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+    xs = [0] + [r["round"] for r in rounds]
+    left.plot(
+        xs, [0.5] + [r["win_rate_vs_initial"] for r in rounds], "o-", label="win rate of π_r vs π_0"
+    )
+    left.plot(
+        xs[1:], [r["reward_accuracy"] for r in rounds], "s--", label="reward ensemble accuracy"
+    )
+    left.axhline(0.75, color="grey", lw=0.5)
+    left.axhline(0.85, color="grey", lw=0.5, ls=":")
+    left.set(xlabel="round", ylim=(0.4, 1.02), title="Online loop with an oracle")
+    left.legend(loc="lower right")
+    for strategy, curve in curves.items():
+        right.plot([c[0] for c in curve], [c[1] for c in curve], "o-", label=strategy)
+    right.set(xlabel="labels bought", ylabel="held-out accuracy", title="Which pairs to label")
+    right.legend(loc="lower right")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--json", type=Path, help="write the figures as JSON here")
+    parser.add_argument(
+        "--plot", type=Path, default=Path("bench/out/oracle_loop.png"), help="PNG plot path"
+    )
+    parser.add_argument("--seed", type=int, default=0, help="seed of the whole experiment")
+    parser.add_argument("--skip-selection", action="store_true", help="run the online loop only")
+    parser.add_argument(
+        "--work", type=Path, help="keep models here instead of a temporary directory"
+    )
+    parser.add_argument(
+        "--bagging",
+        action="store_true",
+        help="selection experiment: bootstrap-resample each member's labels (query by bagging)",
+    )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch CPU threads (1 is fastest for these tiny models)",
+    )
+    args = parser.parse_args(argv)
+    warnings.filterwarnings("ignore")
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    import datasets
+
+    datasets.disable_progress_bars()
+    os.environ["TANDEM_CPU_THREADS"] = str(args.threads)
+    set_cpu_threads()
+
+    settings = Settings(seed=args.seed, threads=args.threads, bagging=args.bagging)
+    started, cpu_started = time.perf_counter(), time.process_time()
+    work = args.work or Path(tempfile.mkdtemp(prefix="tandem-oracle-"))
+    work.mkdir(parents=True, exist_ok=True)
+    try:
+        prompts = make_prompts()
+        random.Random(settings.seed).shuffle(prompts)
+        eval_prompts = prompts[: settings.eval_prompts]
+        train_prompts = prompts[settings.eval_prompts :]
+        needed = settings.rounds * settings.prompts_per_round
+        if len(train_prompts) < needed:
+            raise SystemExit(f"need {needed} training prompts, have {len(train_prompts)}")
+        pi0 = warm_start(work, train_prompts, settings)
+        print(f"warm start done in {time.perf_counter() - started:.1f}s", flush=True)
+        rounds = online_loop(work, pi0, train_prompts, eval_prompts, settings)
+        curves: dict[str, list[list[float]]] = {"disagreement": [], "random": []}
+        if not args.skip_selection:
+            print("selection experiment (labels, accuracy averaged over seeds):", flush=True)
+            curves = selection_experiment(work, pi0, train_prompts[:needed], eval_prompts, settings)
+            for strategy, curve in curves.items():
+                print(f"  {strategy:>12}: " + "  ".join(f"{int(b)}:{a:.3f}" for b, a in curve))
+            for target in (0.8, 0.85, 0.9):
+                print(
+                    f"  labels to reach {target:.2f}: disagreement {labels_to_reach(curves['disagreement'], target)}"
+                    f", random {labels_to_reach(curves['random'], target)}"
+                )
+        seconds = round(time.perf_counter() - started, 1)
+        # CPU seconds of this process: on a shared machine wall time also counts other jobs.
+        cpu_seconds = round(time.process_time() - cpu_started, 1)
+        print(f"total {seconds}s wall, {cpu_seconds}s CPU")
+        plot(rounds, curves, args.plot)
+        if args.json:
+            args.json.parent.mkdir(parents=True, exist_ok=True)
+            args.json.write_text(
+                json.dumps(
+                    {
+                        "rounds": rounds,
+                        "selection": curves,
+                        "seconds": seconds,
+                        "cpu_seconds": cpu_seconds,
+                    },
+                    indent=2,
+                )
+            )
+    finally:
+        if args.work is None:
+            shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
