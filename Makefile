@@ -5,7 +5,7 @@ PYTHON ?= python3
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: install demo test lint bench migrate
+.PHONY: install demo test lint bench bench-training bench-loop migrate
 
 install: $(VENV)/.installed
 
@@ -42,5 +42,13 @@ lint: install
 	$(VENV)/bin/mypy
 	$(PY) manage.py makemigrations --check --dry-run
 
+# Each prints its figures and ratios and writes JSON under bench/out/ (see README, Performance).
 bench: install
 	$(PY) -m bench.run_all
+
+bench-training: install
+	$(PY) -m bench.oracle_loop --json bench/out/oracle_loop.json --plot bench/out/oracle_loop.png
+	$(PY) bench/reward_real.py --json bench/out/reward_real.json
+
+bench-loop: install
+	$(PY) -m bench.loop_latency --json bench/out/loop_latency.json
