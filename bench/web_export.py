@@ -104,8 +104,8 @@ def build_data(
             "tasks": """
                 INSERT INTO annotation_task (id, project_id, prompt_id, kind, round, priority, overlap,
                     judgement_count, live_leases, next_lease_expiry, is_complete, is_gold, gold_answer,
-                    created_at)
-                SELECT g, %(p)s, g, 'pairwise', 0, 0.0, %(o)s, %(o)s, 0, NULL, true, false, NULL, now()
+                    purpose, created_at)
+                SELECT g, %(p)s, g, 'pairwise', 0, 0.0, %(o)s, %(o)s, 0, NULL, true, false, NULL, 'label', now()
                 FROM generate_series(1, %(t)s) g""",
             "task_slots": """
                 INSERT INTO annotation_taskresponse (task_id, response_id, position)

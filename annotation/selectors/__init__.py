@@ -99,7 +99,9 @@ def task_view(*, task: Task) -> TaskView:
     Pass the task with its prompt loaded (the lease query loads it) to spare a query.
     """
     slots = (
-        TaskResponse.objects.filter(task_id=task.pk).select_related("response").order_by("position")
+        TaskResponse.objects.filter(task_id=task.pk)
+        .order_by("position")
+        .values_list("response_id", "response__text", "position")
     )
     return TaskView(
         id=task.pk,
@@ -107,8 +109,8 @@ def task_view(*, task: Task) -> TaskView:
         round=task.round,
         prompt=task.prompt.messages,
         responses=[
-            ShownResponse(id=s.response_id, text=s.response.text, label=chr(ord("A") + s.position))
-            for s in slots
+            ShownResponse(id=rid, text=text, label=chr(ord("A") + position))
+            for rid, text, position in slots
         ],
     )
 

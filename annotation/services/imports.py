@@ -310,6 +310,12 @@ def _write_postgres(project: Project, items: list[ImportLine]) -> None:
         ),
     )
     _copy_rows(TaskResponse, ["task_id", "response_id", "position"], slot_rows)
+    # Fresh planner statistics: right after a bulk load the tables look empty to the planner, and
+    # the lease and task queries would scan them until autovacuum caught up.
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "ANALYZE annotation_prompt, annotation_response, annotation_task, annotation_taskresponse"
+        )
 
 
 def _write_portable(project: Project, items: list[ImportLine]) -> None:

@@ -1,5 +1,6 @@
 """Submitting judgements: validate, insert once, count, commit. Nothing else on this path."""
 
+import json
 from typing import Any
 
 from django.db import IntegrityError, connection, transaction
@@ -43,6 +44,19 @@ def judgement_submit(
     now = timezone.now()
     try:
         with transaction.atomic():
+            if connection.vendor == "postgresql":
+                stored = _submit_postgres(
+                    assignment=assignment,
+                    key=key,
+                    payload=payload,
+                    answer=answer,
+                    rationale=rationale,
+                    time_spent_ms=time_spent_ms,
+                    now=now,
+                )
+                if stored is not None:
+                    return stored, True
+                # Already submitted or skipped: the general path below says which, under the same locks.
             task = Task.objects.select_for_update().get(pk=assignment.task_id)
             current = Assignment.objects.select_for_update().get(pk=assignment.pk)
             if current.status == Assignment.Status.SUBMITTED:
@@ -89,6 +103,92 @@ def judgement_submit(
             raise
         return previous, False
     return judgement, True
+
+
+# The task row is locked first, as everywhere (no deadlocks with leases and skips); then one
+# statement locks the assignment, inserts the judgement and updates both counters.
+_SUBMIT_SQL = """
+WITH current AS (
+    SELECT a.id, a.status, a.expires_at FROM annotation_assignment a WHERE a.id = %(assignment)s FOR UPDATE
+), judged AS (
+    INSERT INTO annotation_judgement (task_id, assignment_id, annotator_id, project_id, kind, payload, answer,
+        rationale, time_spent_ms, idempotency_key, late, commit_seq, created_at)
+    SELECT %(task)s, current.id, %(annotator)s, %(project)s, %(kind)s, %(payload)s, %(answer)s, %(rationale)s,
+           %(time_spent_ms)s, %(key)s, current.status = 'expired' OR current.expires_at <= %(now)s,
+           pg_current_xact_id()::text::bigint, %(now)s
+    FROM current WHERE current.status IN ('leased', 'expired')
+    RETURNING id, late
+), finished AS (
+    UPDATE annotation_assignment a SET status = 'submitted', finished_at = %(now)s
+    FROM judged WHERE a.id = %(assignment)s
+    RETURNING a.id
+), counted AS (
+    UPDATE annotation_task t
+    SET judgement_count = t.judgement_count + 1,
+        live_leases = GREATEST(0, t.live_leases - CASE WHEN current.status = 'leased' THEN 1 ELSE 0 END),
+        is_complete = t.judgement_count + 1 >= t.overlap,
+        next_lease_expiry = (
+            SELECT min(o.expires_at) FROM annotation_assignment o
+            WHERE o.task_id = t.id AND o.status = 'leased' AND o.id <> %(assignment)s
+        )
+    FROM judged, current WHERE t.id = %(task)s
+    RETURNING t.id
+)
+SELECT judged.id, judged.late FROM judged, finished, counted
+"""
+
+
+def _submit_postgres(
+    *,
+    assignment: Assignment,
+    key: str,
+    payload: dict[str, Any],
+    answer: str,
+    rationale: str,
+    time_spent_ms: int | None,
+    now: Any,
+) -> Judgement | None:
+    """The judgement stored in one statement, or None when the assignment is not open any more."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT 1 FROM annotation_task WHERE id = %s FOR UPDATE", [assignment.task_id]
+        )
+        cursor.execute(
+            _SUBMIT_SQL,
+            {
+                "assignment": assignment.pk,
+                "task": assignment.task_id,
+                "annotator": assignment.annotator_id,
+                "project": assignment.project_id,
+                "kind": assignment.task.kind,
+                "payload": json.dumps(payload),
+                "answer": answer,
+                "rationale": rationale,
+                "time_spent_ms": time_spent_ms,
+                "key": key,
+                "now": now,
+            },
+        )
+        row = cursor.fetchone()
+    if row is None:
+        return None
+    judgement = Judgement(
+        id=row[0],
+        task_id=assignment.task_id,
+        assignment_id=assignment.pk,
+        annotator_id=assignment.annotator_id,
+        project_id=assignment.project_id,
+        kind=assignment.task.kind,
+        payload=payload,
+        answer=answer,
+        rationale=rationale,
+        time_spent_ms=time_spent_ms,
+        idempotency_key=key,
+        late=row[1],
+        created_at=now,
+    )
+    judgement._state.adding = False
+    return judgement
 
 
 def _previous(*, annotator_id: int, key: str, assignment: Assignment) -> Judgement | None:
