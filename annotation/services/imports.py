@@ -69,6 +69,8 @@ def _messages(value: Any) -> list[dict[str, str]]:
             raise LineError(f"{where}.role", f"must be one of {', '.join(ROLES)}")
         if not isinstance(content, str):
             raise LineError(f"{where}.content", "must be a string")
+        if "\x00" in content:
+            raise LineError(f"{where}.content", "contains a NUL character, which cannot be stored")
         if len(content) > MAX_TEXT_CHARS:
             raise LineError(f"{where}.content", f"longer than {MAX_TEXT_CHARS} characters")
         messages.append({"role": role, "content": content})
@@ -100,6 +102,8 @@ def _responses(value: Any, *, minimum: int, maximum: int) -> list[tuple[str, str
             raise LineError(where, "must be a string or an object with text")
         if not text.strip():
             raise LineError(where, "must not be empty")
+        if "\x00" in text:
+            raise LineError(where, "contains a NUL character, which cannot be stored")
         if len(text) > MAX_TEXT_CHARS:
             raise LineError(where, f"longer than {MAX_TEXT_CHARS} characters")
         out.append((text, model[:200]))

@@ -506,21 +506,28 @@ def _stage_generate(run: TrainingRun, loop: LoopSettings, progress: Callable[[An
     progress(_Progress(progress_total, progress_total))
     with transaction.atomic():
         Response.objects.bulk_create(
-            Response(prompt=p, text=text, model_name=policy.name, model_version=policy)
+            Response(
+                prompt=p, text=storable_text(text), model_name=policy.name, model_version=policy
+            )
             for p, texts in zip(prompts, samples, strict=True)
             for text in texts
         )
         Response.objects.bulk_create(
             Response(
                 prompt=p,
-                text=texts[0],
+                text=storable_text(texts[0]),
                 model_name=policy.name,
                 model_version=policy,
             )
             for p, texts in zip(evaluation, new_side, strict=True)
         )
         Response.objects.bulk_create(
-            Response(prompt=p, text=texts[0], model_name=previous.name, model_version=previous)
+            Response(
+                prompt=p,
+                text=storable_text(texts[0]),
+                model_name=previous.name,
+                model_version=previous,
+            )
             for p, texts in zip(evaluation, old_side, strict=True)
         )
     TrainingRun.objects.filter(pk=run.pk).update(
@@ -530,6 +537,11 @@ def _stage_generate(run: TrainingRun, loop: LoopSettings, progress: Callable[[An
             "evaluation_prompts": len(evaluation),
         }
     )
+
+
+def storable_text(text: str) -> str:
+    """Generated text as Postgres can store it: a small model may emit the NUL byte, which text refuses."""
+    return text.replace("\x00", "\ufffd")
 
 
 class _Progress:

@@ -19,7 +19,7 @@ from .assignment import assignment_lease
 from .imports import import_create
 from .judgement import judgement_submit
 from .projects import project_create
-from .rounds import loop_configure
+from .rounds import loop_configure, storable_text
 
 # Sizes from bench/oracle_loop.py, where they make the tiny policy learn within minutes on CPU.
 TINY_LOOP: dict[str, Any] = {
@@ -88,7 +88,7 @@ def oracle_project_setup(
         first, GenerationConfig(k=2, max_new_tokens=16, temperature=1.0, seed=seed)
     )
     lines = [
-        {"prompt": p, "responses": [{"text": t, "model": "π0"} for t in s]}
+        {"prompt": p, "responses": [{"text": storable_text(t), "model": "π0"} for t in s]}
         for p, s in zip(first, samples, strict=True)
     ]
     lines += [{"prompt": p, "responses": []} for p in train[prompts_per_round:]]

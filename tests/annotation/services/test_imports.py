@@ -175,3 +175,10 @@ def test_large_file_runs_as_a_celery_job_on_the_real_broker(tmp_path, settings):
     assert job.created == 30 and job.lines_done == job.lines_total == 30
     assert counts() == (30, 60, 30, 60)
     assert not list(tmp_path.glob("imports/*")), "the uploaded file is removed once imported"
+
+
+def test_a_nul_character_is_refused_with_its_line():
+    project = ProjectFactory()
+    job = run(project, jsonl([{"prompt": "hi", "responses": ["ok", "bad \u0000 byte"]}]))
+    assert job.status == ImportJob.Status.FAILED and "NUL" in job.errors[0]["message"]
+    assert counts() == (0, 0, 0, 0)
