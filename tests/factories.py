@@ -76,3 +76,25 @@ def import_tasks(project, n: int, *, user=None, start: int = 0):
     )
     assert job.status == "done", job.errors
     return job
+
+
+def wait_for_export_horizon(timeout: float = 30.0) -> None:
+    """Waits until every judgement committed so far is older than the oldest running transaction.
+
+    The export reads only up to that horizon (cluster-wide, so it is exactly-once); an unrelated
+    transaction elsewhere on the server can hold it back for a moment, which is by design.
+    """
+    import time
+
+    from django.db import connection
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT coalesce(max(commit_seq), 0) < pg_snapshot_xmin(pg_current_snapshot())::text::bigint"
+                " FROM annotation_judgement"
+            )
+            if cursor.fetchone()[0]:
+                return
+        time.sleep(0.05)

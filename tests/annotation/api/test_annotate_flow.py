@@ -2,6 +2,8 @@ import json
 
 import pytest
 
+from tests.factories import wait_for_export_horizon
+
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
@@ -33,6 +35,8 @@ def test_lease_judge_export_round_trip(cast, api):
     assert again.status_code == 200
     assert again.json()["id"] == first.json()["id"]
 
+    wait_for_export_horizon()
+
     exported = api(cast.trainer).get(f"/api/v1/projects/{cast.project.pk}/export?shape=pairs")
     assert exported.status_code == 200
     assert exported["Content-Type"] == "application/x-ndjson"
@@ -47,6 +51,7 @@ def test_lease_judge_export_round_trip(cast, api):
     assert row["prompt"] == body["task"]["prompt"]
 
     cursor = exported["X-Export-Cursor"]
+    wait_for_export_horizon()
     empty = api(cast.trainer).get(f"/api/v1/projects/{cast.project.pk}/export?since={cursor}")
     assert b"".join(empty.streaming_content) == b""
     assert empty["X-Export-Cursor"] == cursor

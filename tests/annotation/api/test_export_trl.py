@@ -4,6 +4,8 @@ import math
 
 import pytest
 
+from tests.factories import wait_for_export_horizon
+
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
 
 
@@ -22,6 +24,7 @@ def test_pairs_export_trains_dpo_for_two_steps(cast, api, tmp_path):
             format="json",
             HTTP_IDEMPOTENCY_KEY=f"k{i}",
         )
+    wait_for_export_horizon()
     response = api(cast.trainer).get(f"/api/v1/projects/{cast.project.pk}/export?shape=pairs")
     assert response.status_code == 200
     path = tmp_path / "pairs.jsonl"

@@ -5,7 +5,7 @@ import json
 import pytest
 
 from annotation.models import Judgement, Membership
-from tests.factories import PASSWORD, UserFactory, jsonl, pairwise_lines
+from tests.factories import PASSWORD, UserFactory, jsonl, pairwise_lines, wait_for_export_horizon
 
 pytestmark = pytest.mark.django_db
 
@@ -200,6 +200,7 @@ def test_export(cast, api, name, code):
         format="json",
         HTTP_IDEMPOTENCY_KEY="k",
     )
+    wait_for_export_horizon()
     response = api(who(cast, name)).get(f"/api/v1/projects/{cast.project.pk}/export?shape=pairs")
     assert response.status_code == code
     if code == 200:

@@ -8,10 +8,16 @@ from django.db import connections
 from annotation import services
 from annotation.errors import InvalidInput
 from annotation.models import Judgement, Role
-from annotation.selectors.export import Position, annotator_pseudonym, export_judgements
-from tests.factories import ProjectFactory, UserFactory, import_tasks
+from annotation.selectors.export import Position, annotator_pseudonym
+from annotation.selectors.export import export_judgements as _export_judgements
+from tests.factories import ProjectFactory, UserFactory, import_tasks, wait_for_export_horizon
 
 pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def export_judgements(**kwargs):
+    wait_for_export_horizon()
+    return _export_judgements(**kwargs)
 
 
 def make_project(n_tasks=20, overlap=1, annotators=2):

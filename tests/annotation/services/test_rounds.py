@@ -13,7 +13,7 @@ from annotation import services
 from annotation.errors import Conflict, InvalidInput
 from annotation.models import ModelVersion, Role, Round, TrainingRun
 from annotation.services import rounds
-from tests.factories import ProjectFactory, UserFactory, import_tasks
+from tests.factories import ProjectFactory, UserFactory, import_tasks, wait_for_export_horizon
 
 pytestmark = pytest.mark.django_db
 
@@ -178,6 +178,7 @@ def test_a_stage_without_enough_data_fails_the_round_with_a_clear_message(broker
     annotate(project, 1)
     started = rounds.round_start(project=project)
     reward = started.runs.get(stage="reward")
+    wait_for_export_horizon()
     assert rounds.stage_run(run_id=reward.pk) == TrainingRun.Status.FAILED
     reward.refresh_from_db()
     started.refresh_from_db()
