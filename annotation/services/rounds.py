@@ -552,7 +552,7 @@ class _Progress:
 def _stage_select(run: TrainingRun, loop: LoopSettings, progress: Callable[[Any], None]) -> None:
     import numpy as np
 
-    from training.reward import RewardEnsemble
+    from training.reward import EnsembleScores, RewardEnsemble
     from training.selection import select_pairs
 
     loop_round, project = run.round, run.round.project
@@ -567,7 +567,9 @@ def _stage_select(run: TrainingRun, loop: LoopSettings, progress: Callable[[Any]
     for response in Response.objects.filter(
         model_version=policy, prompt_id__in=train_prompt_ids
     ).order_by("id"):
-        responses.setdefault(response.prompt_id, []).append(response)
+        # An empty sample is no answer to compare (and no training row): it never reaches a task.
+        if response.text.strip():
+            responses.setdefault(response.prompt_id, []).append(response)
     prompt_ids = [pid for pid in train_prompt_ids if len(responses.get(pid, [])) >= 2]
     prompts = Prompt.objects.in_bulk(prompt_ids)
     candidates = [[r.text for r in responses[pid]] for pid in prompt_ids]
@@ -580,8 +582,11 @@ def _stage_select(run: TrainingRun, loop: LoopSettings, progress: Callable[[Any]
     ]
     flat_completions = [text for texts in candidates for text in texts]
     scores = ensemble.score(flat_prompts, flat_completions).members
-    k = loop.samples_per_prompt
-    per_prompt = scores.reshape(scores.shape[0], len(prompt_ids), k)
+    # One [members, k_p] block per prompt: k_p varies once empty samples are left out.
+    bounds = np.cumsum([0] + [len(texts) for texts in candidates])
+    per_prompt = [
+        EnsembleScores(members=scores[:, a:b]) for a, b in zip(bounds[:-1], bounds[1:], strict=True)
+    ]
     selected = select_pairs(candidates, per_prompt, strategy=loop.selection, seed=loop_round.number)
     humans = round(len(selected) * loop.human_share)
     progress(_Progress(1, 2))
@@ -593,7 +598,7 @@ def _stage_select(run: TrainingRun, loop: LoopSettings, progress: Callable[[Any]
             first, second = responses[pid][pick.first], responses[pid][pick.second]
             auto_label = None
             if index >= humans:
-                mean = per_prompt.mean(axis=0)[pick.prompt_index]
+                mean = per_prompt[pick.prompt_index].members.mean(axis=0)
                 auto_label = {
                     "choice": "A",
                     "margin": float(mean[pick.first] - mean[pick.second]),

@@ -87,10 +87,17 @@ def oracle_project_setup(
     samples = TransformersGenerator(base_policy, device="cpu").generate(
         first, GenerationConfig(k=2, max_new_tokens=16, temperature=1.0, seed=seed)
     )
+    # A sample π0 left empty is no answer to compare: that prompt waits for a later round instead.
     lines = [
-        {"prompt": p, "responses": [{"text": storable_text(t), "model": "π0"} for t in s]}
+        {
+            "prompt": p,
+            "responses": [{"text": storable_text(t), "model": "π0"} for t in s]
+            if all(t.strip() for t in s)
+            else [],
+        }
         for p, s in zip(first, samples, strict=True)
     ]
+
     lines += [{"prompt": p, "responses": []} for p in train[prompts_per_round:]]
     lines += [{"prompt": p, "responses": [], "split": "eval"} for p in evaluation]
     body = "".join(json.dumps(line) + "\n" for line in lines).encode()
