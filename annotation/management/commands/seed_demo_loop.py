@@ -45,7 +45,7 @@ class Command(BaseCommand):
                 "Loop demo: warm-starting π0 on the warm-words task (tiny CPU model)..."
             )
             project = simulation.oracle_project_setup(
-                creator=creator, name=PROJECT_NAME, prompts_per_round=32, eval_prompts=12
+                creator=creator, name=PROJECT_NAME, prompts_per_round=64, eval_prompts=16
             )
         oracle_user = User.objects.filter(username="oracle-demo").first() or services.user_create(
             username="oracle-demo", password=secrets.token_urlsafe(24)
