@@ -341,11 +341,13 @@ def _register(
 # --- the stages -----------------------------------------------------------------------------------
 
 
-def human_pairs(project: Project) -> tuple[list[Any], str, int]:
-    """Every decisive human judgement on training prompts so far as pairs, the export cursor, and the count."""
+def human_pairs(project: Project, since: str | None = None) -> tuple[list[Any], str, int]:
+    """Decisive human judgements on training prompts (after `since`) as pairs, the export cursor, and the count."""
     from training.data import parse_preference_rows
 
-    export = export_judgements(project=project, shape="pairs", since=None, prompt_split=Split.TRAIN)
+    export = export_judgements(
+        project=project, shape="pairs", since=since or None, prompt_split=Split.TRAIN
+    )
     rows = list(export.rows())
     return parse_preference_rows(rows), export.cursor, len(rows)
 
@@ -397,12 +399,14 @@ def _previous_policy(project: Project, number: int) -> ModelVersion:
     )
 
 
-def model_labelled_pairs(project: Project) -> list[Any]:
-    """Pairs the reward ensemble labelled in earlier rounds, in the export's pair shape."""
+def model_labelled_pairs(project: Project, round_number: int) -> list[Any]:
+    """Pairs the reward ensemble labelled for a round's tasks, in the export's pair shape."""
     from training.data import parse_preference_rows
 
     rows = []
-    tasks = Task.objects.filter(project=project, auto_label__isnull=False).select_related("prompt")
+    tasks = Task.objects.filter(
+        project=project, round=round_number, auto_label__isnull=False
+    ).select_related("prompt")
     slots: dict[int, list[str]] = {}
     for task_id, text in (
         TaskResponse.objects.filter(task__in=tasks)
@@ -427,8 +431,17 @@ def _stage_policy(run: TrainingRun, loop: LoopSettings, progress: Callable[[Any]
     from training.policy import DPOConfig, train_dpo
 
     loop_round, project = run.round, run.round.project
-    pairs, cursor, _ = human_pairs(project)
-    pairs = pairs + model_labelled_pairs(project)
+    # Iterative DPO trains each round on the pairs the previous policy produced (the Online-RLHF
+    # recipe): the judgements made since the previous round took its data, and the pairs the
+    # ensemble labelled for that round. The reward ensemble, by contrast, learns from all of them.
+    earlier = Round.objects.filter(project=project, number=loop_round.number - 1).first()
+    since = earlier.data_cursor if earlier is not None else None
+    pairs, cursor, _ = human_pairs(project, since=since)
+    pairs = pairs + model_labelled_pairs(project, round_number=loop_round.number - 1)
+    if not pairs:
+        raise StageError(
+            f"no new decisive human judgements since round {loop_round.number - 1} to train the policy on"
+        )
     previous = _previous_policy(project, loop_round.number)
     base = _previous_policy(project, 1)
     config = DPOConfig(**{"loss": "ipo" if loop.algorithm == "ipo" else "sigmoid", **loop.policy})

@@ -74,15 +74,18 @@ def oracle_project_setup(
         lease_seconds=300,
         instructions=f"Simulated annotators follow the hidden **{oracle.name}** oracle.",
     )
+    prompts = oracle.prompts()
+    random.Random(seed).shuffle(prompts)
+    evaluation, train = prompts[:eval_prompts], prompts[eval_prompts:]
     if base_policy is None:
+        # Warm-started on the training prompts only, so the held-out ones stay unseen (as in the
+        # package's oracle benchmark).
         base_policy = oracle.warm_start(
             Path(settings.TANDEM_ARTIFACT_ROOT) / f"project-{project.pk}" / "pi0",
             steps=warm_start_steps,
             seed=seed,
+            prompts=train,
         )
-    prompts = oracle.prompts()
-    random.Random(seed).shuffle(prompts)
-    evaluation, train = prompts[:eval_prompts], prompts[eval_prompts:]
     first = train[:prompts_per_round]
     samples = TransformersGenerator(base_policy, device="cpu").generate(
         first, GenerationConfig(k=2, max_new_tokens=16, temperature=1.0, seed=seed)
