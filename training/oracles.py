@@ -14,7 +14,7 @@ import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
 from training.data import Message
 
@@ -22,7 +22,10 @@ Preference = Literal["A", "B", "tie"]
 
 
 class Oracle(Protocol):
-    name: str
+    @property
+    def name(self) -> str:
+        """How users pick the oracle (`--oracle NAME`)."""
+        ...
 
     def prompts(self) -> list[list[Message]]:
         """Every prompt of the task, in a fixed order."""
@@ -180,7 +183,8 @@ class WarmWords:
                 data_cursor=None,
                 parent=None,
             ) as run:
-                trainer.model.save_pretrained(str(run.path))
+                model: Any = trainer.model
+                model.save_pretrained(str(run.path))
                 tokenizer.save_pretrained(str(run.path))
                 run.metrics = {"steps": steps}
         return path

@@ -39,7 +39,8 @@ from __future__ import annotations
 import math
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -308,6 +309,26 @@ def _train(trainer: Trainer) -> float:
     return time.perf_counter() - started
 
 
+@contextmanager
+def _training_run(
+    root: str | Path,
+    name: str,
+    *,
+    kind: str,
+    config: dict[str, Any],
+    data_cursor: str | None,
+    parent: str | None,
+) -> Iterator[tuple[Any, str]]:
+    """A run published atomically under ``root/name`` plus a scratch directory for the trainer's own files."""
+    with (
+        publish_run(
+            Path(root), name, kind=kind, config=config, data_cursor=data_cursor, parent=parent
+        ) as run,
+        tempfile.TemporaryDirectory() as scratch,
+    ):
+        yield run, scratch
+
+
 def _pair_row(pair: PreferencePair) -> dict[str, Any]:
     return {"prompt": pair.prompt, "chosen": pair.chosen, "rejected": pair.rejected}
 
@@ -345,16 +366,11 @@ def train_dpo(
     run_config = _run_config(
         config, policy_ref=policy_ref, reference_ref=reference_ref, trainer="trl.DPOTrainer"
     )
-    with (
-        publish_run(
-            Path(root),
-            name,
-            kind="policy-dpo",
-            config=run_config,
-            data_cursor=data_cursor,
-            parent=parent,
-        ) as run,
-        tempfile.TemporaryDirectory() as scratch,
+    with _training_run(
+        root, name, kind="policy-dpo", config=run_config, data_cursor=data_cursor, parent=parent
+    ) as (
+        run,
+        scratch,
     ):
         args = trl_training_args(
             TRLDPOConfig,
@@ -432,16 +448,11 @@ def train_kto(
     run_config = _run_config(
         config, policy_ref=policy_ref, reference_ref=reference_ref, trainer="trl.KTOTrainer"
     )
-    with (
-        publish_run(
-            Path(root),
-            name,
-            kind="policy-kto",
-            config=run_config,
-            data_cursor=data_cursor,
-            parent=parent,
-        ) as run,
-        tempfile.TemporaryDirectory() as scratch,
+    with _training_run(
+        root, name, kind="policy-kto", config=run_config, data_cursor=data_cursor, parent=parent
+    ) as (
+        run,
+        scratch,
     ):
         args = trl_training_args(
             TRLKTOConfig,
@@ -544,16 +555,16 @@ def train_on_policy(
         aggregation=aggregation,
         trainer=TRLTrainer.__name__,
     )
-    with (
-        publish_run(
-            Path(root),
-            name,
-            kind=f"policy-{algorithm}",
-            config=run_config,
-            data_cursor=data_cursor,
-            parent=parent,
-        ) as run,
-        tempfile.TemporaryDirectory() as scratch,
+    with _training_run(
+        root,
+        name,
+        kind=f"policy-{algorithm}",
+        config=run_config,
+        data_cursor=data_cursor,
+        parent=parent,
+    ) as (
+        run,
+        scratch,
     ):
         args = trl_training_args(
             TRLConfig,

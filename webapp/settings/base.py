@@ -150,7 +150,10 @@ CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 # with an error on the dashboard, past the hard one the worker process is replaced.
 _STAGE_LIMIT = int(os.environ.get("TANDEM_STAGE_TIME_LIMIT_SECONDS", str(6 * 3600)))
 CELERY_TASK_ANNOTATIONS = {
-    "annotation.tasks.run_round_stage": {"soft_time_limit": _STAGE_LIMIT, "time_limit": _STAGE_LIMIT + 300},
+    "annotation.tasks.run_round_stage": {
+        "soft_time_limit": _STAGE_LIMIT,
+        "time_limit": _STAGE_LIMIT + 300,
+    },
 }
 # Beat starts due rounds and revives lost jobs; the trigger lives in the database, so a tick that
 # is missed while the broker is down only delays a round.
