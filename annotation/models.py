@@ -175,6 +175,12 @@ class Task(models.Model):
         null=True, blank=True, help_text="Earliest expiry among the live leases."
     )
     is_complete = models.BooleanField(default=False)
+    answer_counts = models.JSONField(
+        default=dict,
+        db_default=models.Value({}, output_field=models.JSONField()),
+        blank=True,
+        help_text="Judgements per answer ({'A': 2, 'B': 1}), kept by submit under the task lock.",
+    )
     is_gold = models.BooleanField(default=False)
     gold_answer = models.JSONField(null=True, blank=True)
     purpose = models.CharField(

@@ -131,6 +131,14 @@ def build_data(
                        1 + ((j - 1)::bigint * %(s)s) / %(j)s,
                        now() - interval '30 minutes'
                 FROM generate_series(1, %(j)s) j""",
+            # What submit keeps on each task under its lock, and the export reads for agreement.
+            "answer_counts": """
+                UPDATE annotation_task t SET answer_counts = c.counts
+                FROM (SELECT task_id, jsonb_object_agg(answer, n) AS counts
+                      FROM (SELECT task_id, answer, count(*) AS n FROM annotation_judgement
+                            WHERE project_id = %(p)s GROUP BY 1, 2) per_answer
+                      GROUP BY task_id) c
+                WHERE t.id = c.task_id""",
         }
         conn.execute("SET session_replication_role = replica")  # FK triggers off for the bulk load
         conn.execute("SET synchronous_commit = off")

@@ -91,9 +91,19 @@ def judgement_submit(
             current.save(update_fields=["status", "finished_at"])
             task.judgement_count += 1
             task.is_complete = task.judgement_count >= task.overlap
+            task.answer_counts = {
+                **task.answer_counts,
+                answer: task.answer_counts.get(answer, 0) + 1,
+            }
             task.next_lease_expiry = earliest_live_expiry(task)
             task.save(
-                update_fields=["live_leases", "judgement_count", "is_complete", "next_lease_expiry"]
+                update_fields=[
+                    "live_leases",
+                    "judgement_count",
+                    "is_complete",
+                    "answer_counts",
+                    "next_lease_expiry",
+                ]
             )
     except IntegrityError:
         # The key was used before: by this assignment in a racing retry (its row is the answer),
@@ -127,6 +137,8 @@ WITH current AS (
     SET judgement_count = t.judgement_count + 1,
         live_leases = GREATEST(0, t.live_leases - CASE WHEN current.status = 'leased' THEN 1 ELSE 0 END),
         is_complete = t.judgement_count + 1 >= t.overlap,
+        answer_counts = t.answer_counts
+            || jsonb_build_object(%(answer)s::text, COALESCE((t.answer_counts ->> %(answer)s)::int, 0) + 1),
         next_lease_expiry = (
             SELECT min(o.expires_at) FROM annotation_assignment o
             WHERE o.task_id = t.id AND o.status = 'leased' AND o.id <> %(assignment)s

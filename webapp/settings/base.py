@@ -172,7 +172,8 @@ CELERY_BEAT_SCHEDULE = {
 # as a Celery job with progress instead of inside the request.
 TANDEM_IMPORT_MAX_BYTES = int(os.environ.get("TANDEM_IMPORT_MAX_BYTES", 512 * 1024 * 1024))
 TANDEM_IMPORT_INLINE_BYTES = int(os.environ.get("TANDEM_IMPORT_INLINE_BYTES", 2 * 1024 * 1024))
-TANDEM_EXPORT_CHUNK = 2000
+# Rows per export page: large pages spread the per-query planning over more rows.
+TANDEM_EXPORT_CHUNK = int(os.environ.get("TANDEM_EXPORT_CHUNK", "10000"))
 # A running stage reports progress at least this often; silence longer than this means its worker died.
 TANDEM_LOOP_STALE_SECONDS = int(os.environ.get("TANDEM_LOOP_STALE_SECONDS", "120"))
 TANDEM_ARTIFACT_ROOT = Path(os.environ.get("TANDEM_ARTIFACT_ROOT", VAR_DIR / "artifacts"))

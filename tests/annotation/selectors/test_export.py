@@ -149,6 +149,33 @@ def test_the_database_built_lines_match_the_portable_path(shape):
     portable = [
         json.loads(line)
         for block in _python_blocks(project, shape, Position(0, 0), end, 2, None)
-        for line in block.splitlines()
+        for line in block.split("\n")
+        if line
     ]
     assert from_sql == portable and len(from_sql) == (6 if shape == "pairs" else 7)
+
+
+def test_pair_lines_carry_any_text_exactly():
+    """The pairs line is concatenated in SQL, so quoting must survive every awkward character."""
+    import io
+
+    tricky = 'He said "hi"\\n\tand left \\ \u2028 é 😀 </script>\x01'
+    project = ProjectFactory(overlap=1)
+    line = {
+        "prompt": [{"role": "user", "content": 'Quote "this" \\ please\n'}],
+        "responses": [tricky, "plain"],
+    }
+    body = (json.dumps(line) + "\n").encode()
+    job = services.import_create(
+        project=project, user=project.created_by, stream=io.BytesIO(body), size=len(body)
+    )
+    assert job.status == "done", job.errors
+    user = UserFactory()
+    services.membership_set(project=project, username=user.username, role=Role.ANNOTATOR)
+    judge(project, user, "A", strength=3)
+    (row,) = export_judgements(project=project, shape="pairs", since=None).rows()
+    assert row["chosen"] == [{"role": "assistant", "content": tricky}]
+    assert row["rejected"] == [{"role": "assistant", "content": "plain"}]
+    assert row["prompt"] == line["prompt"] and row["margin"] == 3.0 and row["agreement"] == 1.0
+    (raw,) = export_judgements(project=project, shape="raw", since=None).rows()
+    assert [r["text"] for r in raw["responses"]] == [tricky, "plain"]

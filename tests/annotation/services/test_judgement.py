@@ -37,6 +37,20 @@ def test_submit_stores_payload_and_counts(lease):
     )
     task = Task.objects.get(pk=lease.task_id)
     assert (task.judgement_count, task.live_leases, task.is_complete) == (1, 0, True)
+    assert task.answer_counts == {"B": 1}
+
+
+def test_answer_counts_follow_every_judgement_of_a_task():
+    project = ProjectFactory(overlap=3)
+    import_tasks(project, 1)
+    for n, choice in enumerate(["A", "tie", "A"]):
+        user = UserFactory()
+        services.membership_set(project=project, username=user.username, role=Role.ANNOTATOR)
+        assignment = services.assignment_lease(annotator=user, project=project)
+        data = {"choice": choice, "strength": 1} if choice == "A" else {"choice": choice}
+        services.judgement_submit(assignment=assignment, data=data, idempotency_key=f"k{n}")
+    task = Task.objects.get(project=project)
+    assert task.answer_counts == {"A": 2, "tie": 1} and task.judgement_count == 3
 
 
 def test_same_key_twice_returns_the_first_judgement(lease):
