@@ -43,11 +43,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--prompts-per-round",
         type=int,
-        default=72,
+        default=96,
         help="prompts per round (as bench/oracle_loop.py)",
     )
     parser.add_argument(
-        "--eval-prompts", type=int, default=24, help="held-out prompts (as bench/oracle_loop.py)"
+        "--eval-prompts", type=int, default=48, help="held-out prompts (as bench/oracle_loop.py)"
     )
     parser.add_argument("--json", type=Path, default=REPO / "bench" / "out" / "loop_latency.json")
     parser.add_argument(
@@ -101,6 +101,12 @@ def main(argv: list[str] | None = None) -> int:
                 "--prompts-per-round", str(args.prompts_per_round),
                 "--eval-prompts", str(args.eval_prompts),
                 "--trigger", "auto",
+                # The package benchmark's recipe, so the two win rates compare like with like:
+                # its π_0 (120 SFT steps), best-vs-worst pairs, and rounds that start once 90% of
+                # a round's pairs are labelled.
+                "--warm-start-steps", "120",
+                "--selection", "best_vs_worst",
+                "--trigger-judgements", str(max(1, int(0.9 * args.prompts_per_round))),
                 "--timeout", str(args.timeout),
                 env=env,
                 timeout=args.timeout + 120,

@@ -126,6 +126,7 @@ def warm_start(work: Path, prompts: Sequence[list[Message]], settings: Settings)
 def ensemble_config(settings: Settings, backbone: Path, seed: int) -> EnsembleConfig:
     return EnsembleConfig(
         members=settings.members,
+        bootstrap=settings.bagging,
         reward=RewardConfig(
             backbone=str(backbone),
             epochs=settings.reward_epochs,
@@ -137,30 +138,6 @@ def ensemble_config(settings: Settings, backbone: Path, seed: int) -> EnsembleCo
             cpu_threads=settings.threads,
         ),
     )
-
-
-def fit_bagged_ensemble(
-    pairs: list[PreferencePair], config: EnsembleConfig, root: Path, name: str, seed: int
-) -> Path:
-    """Query by bagging (Abe & Mamitsuka 1998): member k fits a bootstrap resample of the labels.
-
-    ``train_reward_ensemble`` varies members by seed only, so on small data
-    they share one fit and their disagreement is mostly head-initialisation
-    noise; resampling makes it track what the labels leave undetermined.
-    """
-    from dataclasses import asdict
-
-    from training.artifacts import publish_run
-    from training.reward import train_reward_model
-
-    rng = random.Random(seed)
-    with publish_run(root, name, kind="reward_ensemble", config=asdict(config)) as run:
-        for k in range(config.members):
-            sample = [rng.choice(pairs) for _ in pairs]
-            train_reward_model(
-                sample, config.member_config(k), output_dir=run.path / "members" / str(k)
-            )
-    return root / name
 
 
 def distinct_utility_pairs(
@@ -337,10 +314,7 @@ def selection_experiment(
         ]
         fits += 1
         config = ensemble_config(settings, pi0, seed)
-        if settings.bagging:
-            path = fit_bagged_ensemble(pairs, config, work, f"sel-{fits}", seed)
-        else:
-            path = train_reward_ensemble(pairs, config, root=work, name=f"sel-{fits}").path
+        path = train_reward_ensemble(pairs, config, root=work, name=f"sel-{fits}").path
         ensemble = RewardEnsemble.load(path)
         return ensemble, evaluate_pairs(ensemble, eval_pairs)["accuracy"]
 

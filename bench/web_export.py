@@ -330,6 +330,11 @@ def run(args: argparse.Namespace, result: dict[str, Any] | None = None) -> dict[
         "rss_first_sample_mb": round(rss[0] / 1024, 1) if rss else None,
         "rss_max_mb": round(max(rss) / 1024, 1) if rss else None,
         "rss_second_half_spread_mb": round((max(half) - min(half)) / 1024, 1) if half else None,
+        # Flat = no growth with rows sent: a leak or an accumulating buffer makes the second half's
+        # peak exceed the first half's; one page's transient allocation does not.
+        "rss_growth_mb": round((max(half) - max(rss[: len(rss) // 2] or rss)) / 1024, 1)
+        if half
+        else None,
         "samples": len(rss),
         "timeline_mb": [
             (t, round(kb / 1024, 1)) for t, kb in sampler.samples[:: max(1, len(rss) // 12)]
@@ -370,6 +375,7 @@ def report(result: dict[str, Any]) -> str:
                 "peak RSS MB (VmHWM)",
                 "baseline RSS MB",
                 "RSS spread 2nd half MB",
+                "RSS growth 2nd vs 1st half MB",
             ],
             [
                 [
@@ -382,6 +388,7 @@ def report(result: dict[str, Any]) -> str:
                     m["peak_rss_mb_vmhwm"],
                     m["baseline_rss_mb"],
                     m["rss_second_half_spread_mb"],
+                    m["rss_growth_mb"],
                 ]
             ],
         )
@@ -434,7 +441,7 @@ def report(result: dict[str, Any]) -> str:
                 m["peak_rss_mb_vmhwm"], a["label_studio"]["large_mem_mb"], lower_is_better=True
             ),
             "flat",
-            common.verdict((m["rss_second_half_spread_mb"] or 0) < 10),
+            common.verdict((m["rss_growth_mb"] or 0) < 10),
         ],
         [
             "exact (rows = decisive, since -> 0)",

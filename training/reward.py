@@ -121,13 +121,24 @@ class RewardConfig:
 
 @dataclass
 class EnsembleConfig:
-    """K reward models that differ only in seed, hence head initialisation and data order.
+    """K reward models that differ in seed (head initialisation, data order) and optionally in data.
 
     Coste et al. 2024 train members from the same pretrained model with
-    different seeds; member k uses seed ``reward.seed + k``.
+    different seeds; member k uses seed ``reward.seed + k``. With ``bootstrap``
+    each member also fits its own resample of the pairs (query by bagging, Abe &
+    Mamitsuka 1998).
     """
 
     members: int = field(default=3, metadata={"help": "Ensemble size K."})
+    bootstrap: bool = field(
+        default=False,
+        metadata={
+            "help": "Train each member on a bootstrap resample of the pairs (drawn with replacement, "
+            "seeded by the member's seed). On small data seed-only members share one fit, so their "
+            "spread is mostly head-initialisation noise; resampling makes disagreement track what "
+            "the labels leave undetermined, which is what disagreement-first selection needs."
+        },
+    )
     lambda_std: float = field(
         default=1.0,
         metadata={
@@ -141,6 +152,13 @@ class EnsembleConfig:
 
     def member_config(self, k: int) -> RewardConfig:
         return replace(self.reward, seed=self.reward.seed + k)
+
+    def member_pairs(self, k: int, pairs: Sequence[PreferencePair]) -> list[PreferencePair]:
+        """The pairs member k trains on: all of them, or its seeded bootstrap resample."""
+        if not self.bootstrap:
+            return list(pairs)
+        rng = np.random.default_rng(self.member_config(k).seed)
+        return [pairs[i] for i in rng.integers(0, len(pairs), size=len(pairs))]
 
 
 @dataclass(frozen=True)
@@ -535,7 +553,7 @@ def train_reward_ensemble(
         member_metrics = []
         for k in range(config.members):
             result = train_reward_model(
-                pairs,
+                config.member_pairs(k, pairs),
                 config.member_config(k),
                 output_dir=run.path / "members" / str(k),
                 progress=progress,

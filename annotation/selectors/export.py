@@ -228,6 +228,7 @@ LIMIT %(limit)s
 """
 # The first page is small so the first byte leaves quickly; later pages are large for throughput.
 _FIRST_PAGE = 200
+_BLOCK = 1000
 
 
 def _sql_blocks(
@@ -258,7 +259,9 @@ def _sql_blocks(
             page = cursor.fetchall()
         if not page:
             return
-        yield "\n".join(row[2] for row in page) + "\n"
+        # Sent in slices so a large page never sits in memory twice (as rows and as one string).
+        for offset in range(0, len(page), _BLOCK):
+            yield "\n".join(row[2] for row in page[offset : offset + _BLOCK]) + "\n"
         if len(page) < limit:
             return
         position, limit = Position(page[-1][0], page[-1][1]), chunk

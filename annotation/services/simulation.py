@@ -57,6 +57,7 @@ def oracle_project_setup(
     prompts_per_round: int = 48,
     eval_prompts: int = 16,
     trigger_judgements: int = 0,
+    selection: str | None = None,
     seed: int = 0,
 ) -> Project:
     """A pairwise loop project on the oracle's task: π_0 samples two answers for the first batch
@@ -123,6 +124,7 @@ def oracle_project_setup(
             "prompts_per_round": prompts_per_round,
             "eval_prompts": eval_prompts,
             "trigger_judgements": trigger_judgements,
+            "selection": selection or TINY_LOOP["selection"],
         },
     )
     return project

@@ -18,8 +18,9 @@ from django.core.management.base import BaseCommand, CommandError
 from rest_framework.authtoken.models import Token
 
 from annotation import services
+from annotation.loop import SELECTIONS
 from annotation.models import Project
-from annotation.services.simulation import oracle_answer, oracle_project_setup
+from annotation.services.simulation import TINY_LOOP, oracle_answer, oracle_project_setup
 
 
 class Api:
@@ -68,6 +69,18 @@ class Command(BaseCommand):
         parser.add_argument(
             "--base-policy",
             help="new project only: use this π_0 (a path) instead of warm-starting one",
+        )
+        parser.add_argument(
+            "--selection",
+            choices=sorted(SELECTIONS),
+            help="new project only: how each round picks the pairs it sends "
+            f"(default {TINY_LOOP['selection']})",
+        )
+        parser.add_argument(
+            "--trigger-judgements",
+            type=int,
+            help="new project with --trigger auto: fresh judgements that start a round "
+            "(default 80%% of --prompts-per-round)",
         )
         parser.add_argument(
             "--trigger",
@@ -127,7 +140,12 @@ class Command(BaseCommand):
             warm_start_steps=options["warm_start_steps"],
             prompts_per_round=options["prompts_per_round"],
             eval_prompts=options["eval_prompts"],
-            trigger_judgements=max(1, int(0.8 * options["prompts_per_round"])) if auto else 0,
+            trigger_judgements=(
+                options["trigger_judgements"] or max(1, int(0.8 * options["prompts_per_round"]))
+            )
+            if auto
+            else 0,
+            selection=options["selection"],
         )
         self.stdout.write(f"project {project.pk}: {project.tasks.count()} round-0 tasks from π0")
         return project.pk
