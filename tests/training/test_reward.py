@@ -197,3 +197,17 @@ def test_minilm_backbone_learns_a_handful_of_hh_pairs(tmp_path: Path) -> None:
     assert result.metrics["loss_last"] < result.metrics["loss_first"] - 0.05
     ensemble = RewardEnsemble.load(tmp_path / "rm")
     assert evaluate_pairs(ensemble, pairs)["accuracy"] >= 0.75
+
+
+def test_bootstrap_gives_each_member_its_own_seeded_resample() -> None:
+    pairs = synthetic_pairs(40, seed=3)
+    plain = EnsembleConfig(members=3)
+    assert all(plain.member_pairs(k, pairs) == list(pairs) for k in range(3))
+    bagged = EnsembleConfig(members=3, bootstrap=True)
+    samples = [bagged.member_pairs(k, pairs) for k in range(3)]
+    assert all(len(sample) == len(pairs) for sample in samples)
+    assert all(set(map(id, sample)) <= set(map(id, pairs)) for sample in samples)
+    # With replacement: about 1 - 1/e of the pairs appear, so each resample repeats some.
+    assert all(len(set(map(id, sample))) < len(pairs) for sample in samples)
+    assert len({tuple(map(id, sample)) for sample in samples}) == 3
+    assert [id(p) for p in bagged.member_pairs(1, pairs)] == [id(p) for p in samples[1]]
