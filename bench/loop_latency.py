@@ -205,7 +205,7 @@ def oracle_win_rates(
     prompts = oracle.prompts()
     random.Random(0).shuffle(prompts)  # oracle_project_setup's default seed: its held-out prompts
     held_out = prompts[:eval_prompts]
-    config = GenerationConfig(k=4, temperature=1.0, max_new_tokens=16, seed=0)
+    config = GenerationConfig(k=4, temperature=1.0, max_new_tokens=14, seed=0)  # as oracle_loop.py
     base = TransformersGenerator(pi0, device="cpu").generate(held_out, config)
     rates: list[float | None] = []
     for path in policies:

@@ -30,20 +30,20 @@ TINY_LOOP: dict[str, Any] = {
     "queue": "cpu",
     "ensemble_members": 3,
     "reward": {
-        "epochs": 6.0,
-        "learning_rate": 2e-3,
+        "epochs": 8.0,
+        "learning_rate": 3e-3,
         "batch_size": 16,
         "max_length": 64,
         "logging_steps": 10,
     },
     "policy": {
         "learning_rate": 2e-3,
-        "epochs": 4.0,
+        "epochs": 3.0,
         "batch_size": 16,
         "max_length": 64,
         "beta": 0.1,
     },
-    "generation": {"max_new_tokens": 16, "temperature": 1.0},
+    "generation": {"max_new_tokens": 14, "temperature": 1.0},
 }
 
 
@@ -89,7 +89,7 @@ def oracle_project_setup(
         )
     first = train[:prompts_per_round]
     samples = TransformersGenerator(base_policy, device="cpu").generate(
-        first, GenerationConfig(k=2, max_new_tokens=16, temperature=1.0, seed=seed)
+        first, GenerationConfig(k=2, seed=seed, **TINY_LOOP["generation"])
     )
     # A sample π0 left empty is no answer to compare: that prompt waits for a later round instead.
     lines = [
