@@ -170,6 +170,9 @@ def measure(env: dict[str, str], args: argparse.Namespace) -> dict[str, Any]:
     out = manage("shell", "-c", MEASURE, env=env, timeout=300)
     line = next(line for line in reversed(out.splitlines()) if line.startswith("RESULT "))
     data = json.loads(line[len("RESULT ") :])
+    # With automatic triggers, labelling the last round's evaluation tasks already starts the next
+    # round, which the simulation leaves unfinished: only the rounds it drove are measured.
+    data["rounds"] = [r for r in data["rounds"] if r["round"] <= args.rounds]
     win_rates = oracle_win_rates(
         data["pi0"], [r["policy"] for r in data["rounds"]], args.eval_prompts, data["project"]
     )

@@ -70,7 +70,7 @@ def add_config_arguments(
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc,operator]
         help_text = f.metadata.get("help", "") + " (default: %(default)s)"
         dest = f"{_CONFIG_DEST}{cls.__name__}.{f.name}"
-        if hint is bool:
+        if hint is bool or hint == (bool | None):
             group.add_argument(
                 flag,
                 dest=dest,

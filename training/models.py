@@ -8,6 +8,7 @@ the same two functions (``load_tokenizer``, ``load_reward_backbone``).
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -192,20 +193,95 @@ def load_tokenizer(model_ref: str | Path) -> PreTrainedTokenizerBase:
     return tokenizer
 
 
-def load_reward_backbone(model_ref: str | Path, num_labels: int = 1) -> PreTrainedModel:
+# Set in a saved reward model's config when it scores the mean of its final hidden states.
+MEAN_POOLING_FLAG = "tandem_mean_pooling"
+
+
+def load_reward_backbone(
+    model_ref: str | Path, num_labels: int = 1, *, mean_pooling: bool | None = None
+) -> PreTrainedModel:
     """Load any model id or local path as a float32 sequence classifier with ``num_labels`` outputs.
 
     A causal-LM checkpoint gets a fresh ``score`` head; an encoder such as
     MiniLM a fresh classifier on its pooler. ``config.pad_token_id`` is set from
     the tokenizer when the checkpoint lacks it, because decoder classifiers
     locate the last real token through it.
+
+    ``mean_pooling`` (encoders only) scores the mean of the final hidden states
+    over real tokens instead of the checkpoint's pooled first token: sentence-
+    embedding checkpoints such as all-MiniLM-L6-v2 were trained for mean pooling,
+    so their first token carries little. ``None`` follows the checkpoint (a reward
+    model saved with mean pooling reloads with it).
     """
     import torch
-    from transformers import AutoModelForSequenceClassification
+    from transformers import AutoConfig, AutoModelForSequenceClassification
 
-    model = AutoModelForSequenceClassification.from_pretrained(
-        str(model_ref), num_labels=num_labels, dtype=torch.float32
-    )
+    config = AutoConfig.from_pretrained(str(model_ref), num_labels=num_labels)
+    if mean_pooling is None:
+        mean_pooling = bool(getattr(config, MEAN_POOLING_FLAG, False)) or _declares_mean_pooling(
+            model_ref
+        )
+    if mean_pooling:
+        model: PreTrainedModel = _mean_pooled_classifier(config).from_pretrained(
+            str(model_ref), config=config, dtype=torch.float32
+        )
+        model.config.update({MEAN_POOLING_FLAG: True})
+    else:
+        model = AutoModelForSequenceClassification.from_pretrained(
+            str(model_ref), config=config, dtype=torch.float32
+        )
     if model.config.pad_token_id is None:
         model.config.pad_token_id = load_tokenizer(model_ref).pad_token_id
     return model
+
+
+def _declares_mean_pooling(model_ref: str | Path) -> bool:
+    """Whether a local sentence-transformers checkpoint says it is used mean-pooled."""
+    pooling = Path(model_ref) / "1_Pooling" / "config.json"
+    if not pooling.is_file():
+        return False
+    return bool(json.loads(pooling.read_text()).get("pooling_mode_mean_tokens"))
+
+
+def _mean_pooled_classifier(config: Any) -> Any:
+    """The checkpoint's own sequence-classifier class, scoring the masked mean of its hidden states.
+
+    Subclassing keeps parameter names, saving and loading exactly those of the
+    stock class; only the pooling differs.
+    """
+    import torch
+    from transformers import AutoModelForSequenceClassification
+    from transformers.modeling_outputs import SequenceClassifierOutput
+
+    base: Any = AutoModelForSequenceClassification._model_mapping[type(config)]
+    classifier_name = "classifier"
+
+    class MeanPooledClassifier(base):  # type: ignore[misc,valid-type]  # a runtime-chosen base
+        def __init__(self, config: Any) -> None:
+            super().__init__(config)
+            head = getattr(self, classifier_name, None)
+            if not isinstance(head, torch.nn.Linear) or not hasattr(self, "dropout"):
+                raise ValueError(
+                    f"mean pooling needs an encoder classifier (BERT-style); {type(config).__name__} is not"
+                )
+
+        def forward(  # type: ignore[override]
+            self,
+            input_ids: Any = None,
+            attention_mask: Any = None,
+            token_type_ids: Any = None,
+            labels: Any = None,
+            **kwargs: Any,
+        ) -> Any:
+            hidden = self.base_model(
+                input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids
+            ).last_hidden_state
+            if attention_mask is None:
+                attention_mask = torch.ones_like(input_ids)
+            mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+            pooled = (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1.0)
+            logits = getattr(self, classifier_name)(self.dropout(pooled))
+            return SequenceClassifierOutput(logits=logits)
+
+    MeanPooledClassifier.__name__ = f"MeanPooled{base.__name__}"
+    return MeanPooledClassifier

@@ -104,6 +104,14 @@ class RewardConfig:
     freeze_layers: int = field(
         default=0, metadata={"help": "Keep the lowest N transformer blocks fixed (0 trains all)."}
     )
+    mean_pooling: bool | None = field(
+        default=None,
+        metadata={
+            "help": "Encoders only: score the mean of the final hidden states instead of the first "
+            "token's pooled output. Unset follows the checkpoint: on for sentence-transformers "
+            "checkpoints that declare mean pooling (the bundled MiniLM), off otherwise."
+        },
+    )
     seed: int = field(
         default=0,
         metadata={"help": "Seed for the new head's initialisation, dropout and data order."},
@@ -301,7 +309,7 @@ def train_reward_model(
     # The new head's initialisation depends on the seed: it is what makes
     # ensemble members start apart from one shared backbone.
     set_seed(config.seed)
-    model = load_reward_backbone(backbone)
+    model = load_reward_backbone(backbone, mean_pooling=config.mean_pooling)
     _freeze(model, config)
     output_dir = Path(output_dir)
     with tempfile.TemporaryDirectory(prefix="tandem-reward-") as scratch:
@@ -406,8 +414,6 @@ class RewardEnsemble:
 
     @classmethod
     def load(cls, path: str | Path, device: str = "cpu") -> RewardEnsemble:
-        from transformers import AutoModelForSequenceClassification
-
         path = Path(path)
         members_dir = path / "members"
         if members_dir.is_dir():
@@ -418,11 +424,10 @@ class RewardEnsemble:
             dirs = [path]
         if not dirs:
             raise FileNotFoundError(f"{path} holds no reward models")
-        models, tokenizers, encodings = [], [], []
+        models: list[Any] = []
+        tokenizers, encodings = [], []
         for member in dirs:
-            model = AutoModelForSequenceClassification.from_pretrained(
-                str(member), dtype=torch.float32
-            )
+            model: Any = load_reward_backbone(member)
             models.append(model.to(device).eval())
             tokenizers.append(load_tokenizer(member))
             settings = json.loads((member / ENCODING_FILE).read_text())

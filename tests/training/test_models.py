@@ -100,7 +100,9 @@ def test_minilm_loads_offline_as_an_encoder_reward_backbone() -> None:
     assert tokenizer.eos_token is None
     assert not getattr(tokenizer, "chat_template", None)
     assert tokenizer.pad_token == "[PAD]"
-    model = load_reward_backbone(path).eval()
+    # Its sentence-transformers config declares mean pooling, so that is what it gets by default.
+    assert type(load_reward_backbone(path)).__name__ == "MeanPooledBertForSequenceClassification"
+    model = load_reward_backbone(path, mean_pooling=False).eval()
     assert type(model).__name__ == "BertForSequenceClassification"
     batch = tokenizer(["a kind reply", "a rude reply"], return_tensors="pt", padding=True)
     with torch.no_grad():
@@ -108,3 +110,33 @@ def test_minilm_loads_offline_as_an_encoder_reward_backbone() -> None:
     import training.models
 
     assert training.models.MINILM_PATH == path
+
+
+def test_mean_pooled_minilm_scores_the_masked_mean_and_reloads_with_it(tmp_path: Path) -> None:
+    path = minilm_path()
+    tokenizer = load_tokenizer(path)
+    model = load_reward_backbone(path, mean_pooling=True).eval()
+    assert model.config.tandem_mean_pooling is True
+    texts = ["hi", "a much longer reply that forces padding on the first one"]
+    batch = tokenizer(texts, return_tensors="pt", padding=True)
+    with torch.no_grad():
+        scores = model(**batch).logits[:, 0]
+        # By hand: the classifier applied to the mean of the real tokens' final hidden states.
+        hidden = model.base_model(**batch).last_hidden_state
+        mask = batch["attention_mask"].unsqueeze(-1).float()
+        by_hand = model.classifier((hidden * mask).sum(1) / mask.sum(1))[:, 0]
+        alone = model(**tokenizer(texts[:1], return_tensors="pt")).logits[0, 0]
+    assert torch.allclose(scores, by_hand, atol=1e-5)
+    # Padding next to a longer text leaves a score unchanged.
+    assert torch.allclose(scores[0], alone, atol=1e-5)
+    model.save_pretrained(tmp_path)
+    tokenizer.save_pretrained(tmp_path)
+    reloaded = load_reward_backbone(tmp_path).eval()
+    assert type(reloaded).__name__ == "MeanPooledBertForSequenceClassification"
+    with torch.no_grad():
+        assert torch.allclose(reloaded(**batch).logits[:, 0], scores, atol=1e-5)
+
+
+def test_mean_pooling_refuses_a_decoder_with_a_clear_error(tiny_lm_path: Path) -> None:
+    with pytest.raises(ValueError, match="mean pooling needs an encoder"):
+        load_reward_backbone(tiny_lm_path, mean_pooling=True)
