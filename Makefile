@@ -52,3 +52,4 @@ bench-training: install
 
 bench-loop: install
 	$(PY) -m bench.loop_latency --json bench/out/loop_latency.json
+	$(PY) -m bench.round_one_replay --json bench/out/round_one_replay.json
