@@ -206,6 +206,13 @@ def parse_hh_transcript_pair(row: Mapping[str, Any], *, index: int = 1) -> Prefe
     """
     chosen = _hh_messages(row.get("chosen"), index, "chosen")
     rejected = _hh_messages(row.get("rejected"), index, "rejected")
+    return _pair_of_transcripts(chosen, rejected, row, index)
+
+
+def _pair_of_transcripts(
+    chosen: list[Message], rejected: list[Message], row: Mapping[str, Any], index: int
+) -> PreferencePair:
+    """Two whole conversations that share every turn but the last replies, as one pair."""
     prompt, chosen_tail, rejected_tail = _split_shared_prefix(chosen, rejected, index)
     return PreferencePair(
         prompt=prompt,
@@ -328,15 +335,7 @@ def _implicit_prompt_pair(row: Mapping[str, Any], index: int) -> PreferencePair:
         return parse_hh_transcript_pair(row, index=index)
     chosen = _messages(row["chosen"], index, "chosen", "assistant")
     rejected = _messages(row["rejected"], index, "rejected", "assistant")
-    prompt, chosen_tail, rejected_tail = _split_shared_prefix(chosen, rejected, index)
-    return PreferencePair(
-        prompt=prompt,
-        chosen=chosen_tail,
-        rejected=rejected_tail,
-        margin=_margin(row, index),
-        tie=_tie(row, index),
-        meta=_meta(row, index),
-    )
+    return _pair_of_transcripts(chosen, rejected, row, index)
 
 
 def parse_unpaired_rows(rows: Iterable[Mapping[str, Any]]) -> list[UnpairedExample]:

@@ -254,13 +254,13 @@ def _mean_pooled_classifier(config: Any) -> Any:
     from transformers.modeling_outputs import SequenceClassifierOutput
 
     base: Any = AutoModelForSequenceClassification._model_mapping[type(config)]
-    classifier_name = "classifier"
 
     class MeanPooledClassifier(base):  # type: ignore[misc,valid-type]  # a runtime-chosen base
         def __init__(self, config: Any) -> None:
             super().__init__(config)
-            head = getattr(self, classifier_name, None)
-            if not isinstance(head, torch.nn.Linear) or not hasattr(self, "dropout"):
+            if not isinstance(getattr(self, "classifier", None), torch.nn.Linear) or not hasattr(
+                self, "dropout"
+            ):
                 raise ValueError(
                     f"mean pooling needs an encoder classifier (BERT-style); {type(config).__name__} is not"
                 )
@@ -280,7 +280,7 @@ def _mean_pooled_classifier(config: Any) -> Any:
                 attention_mask = torch.ones_like(input_ids)
             mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
             pooled = (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1.0)
-            logits = getattr(self, classifier_name)(self.dropout(pooled))
+            logits = self.classifier(self.dropout(pooled))
             return SequenceClassifierOutput(logits=logits)
 
     MeanPooledClassifier.__name__ = f"MeanPooled{base.__name__}"

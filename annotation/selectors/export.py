@@ -168,6 +168,12 @@ def export_judgements(
 # On Postgres each line is built by the database in the same keyset-paged query that finds it,
 # so Python only joins text: that is what lets one worker stream tens of thousands of rows a second.
 _ANNOTATOR_SQL = "'a-' || left(md5(%(salt)s || j.annotator_id::text), 8)"
+# One keyset page of the export, after `since` and up to the cursor fixed when it started.
+_PAGE_SQL = """  AND (j.commit_seq, j.id) > (%(seq)s, %(id)s) AND (j.commit_seq, j.id) <= (%(end_seq)s, %(end_id)s)
+  AND (%(split)s::text IS NULL OR p.split = %(split)s::text)
+ORDER BY j.commit_seq, j.id
+LIMIT %(limit)s
+"""
 # Pairs are the hot export, so their lines are concatenated text rather than json_build_object (a
 # quarter faster in the database): every part is non-null, texts go through to_json for escaping,
 # and numbers are plain ints, a 1..3 strength and a rounded numeric.
@@ -193,11 +199,7 @@ JOIN annotation_response ra ON ra.id = sa.response_id
 JOIN annotation_taskresponse sb ON sb.task_id = j.task_id AND sb.position = 1
 JOIN annotation_response rb ON rb.id = sb.response_id
 WHERE j.project_id = %(project)s AND j.answer IN ('A', 'B')
-  AND (j.commit_seq, j.id) > (%(seq)s, %(id)s) AND (j.commit_seq, j.id) <= (%(end_seq)s, %(end_id)s)
-  AND (%(split)s::text IS NULL OR p.split = %(split)s::text)
-ORDER BY j.commit_seq, j.id
-LIMIT %(limit)s
-"""
+{_PAGE_SQL}"""
 _RAW_SQL = f"""
 SELECT j.commit_seq, j.id, json_build_object(
     'judgement_id', j.id,
@@ -221,11 +223,7 @@ FROM annotation_judgement j
 JOIN annotation_task t ON t.id = j.task_id
 JOIN annotation_prompt p ON p.id = t.prompt_id
 WHERE j.project_id = %(project)s
-  AND (j.commit_seq, j.id) > (%(seq)s, %(id)s) AND (j.commit_seq, j.id) <= (%(end_seq)s, %(end_id)s)
-  AND (%(split)s::text IS NULL OR p.split = %(split)s::text)
-ORDER BY j.commit_seq, j.id
-LIMIT %(limit)s
-"""
+{_PAGE_SQL}"""
 # The first page is small so the first byte leaves quickly; later pages are large for throughput.
 _FIRST_PAGE = 200
 _BLOCK = 1000
