@@ -122,7 +122,18 @@ class RewardConfig:
     )
     bf16: bool = field(
         default=False,
-        metadata={"help": "Train in bf16 mixed precision (GPU with bf16 support only)."},
+        metadata={
+            "help": "Train in bf16 mixed precision: on a GPU with bf16 support, or on a CPU with "
+            "AMX or AVX512-BF16 (measured 1.4x faster for MiniLM on such a CPU)."
+        },
+    )
+    group_by_length: bool = field(
+        default=False,
+        metadata={
+            "help": "Batch pairs of similar length together (shuffled within groups of 50 batches) "
+            "so less of each batch is padding. Faster, but each batch then holds one kind of "
+            "conversation: on HH-RLHF it cut CPU time by a third and held-out accuracy by 0.03."
+        },
     )
     logging_steps: int = field(default=5, metadata={"help": "Optimizer steps between loss logs."})
 
@@ -258,6 +269,17 @@ def _freeze(model: Any, config: RewardConfig) -> None:
             block.requires_grad_(False)
 
 
+def cpu_has_fast_bf16() -> bool:
+    """Whether this CPU runs bf16 matrix products natively (AMX or AVX512-BF16) through oneDNN.
+
+    Where it does not, bf16 autocast on CPU is emulated and slower than fp32.
+    """
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
 def _set_threads(config: RewardConfig) -> None:
     if not torch.cuda.is_available():
         torch.set_num_threads(config.cpu_threads)
@@ -280,7 +302,8 @@ def train_reward_model(
 
     Metrics: ``n_train``, ``n_ties_skipped``, ``train_loss`` (mean over
     training), ``loss_first``/``loss_last`` (first and last logged loss),
-    ``train_accuracy_last``, ``steps``, ``seconds``.
+    ``train_accuracy_last``, ``steps``, ``tokens`` (token positions through
+    the model, padding included), ``seconds``.
     """
     from datasets import Dataset
     from transformers import PrinterCallback, set_seed
@@ -304,6 +327,8 @@ def train_reward_model(
         }
         if with_margin:
             row["margin"] = pair.margin or 0.0
+        # The collator pads chosen and rejected to one length: the longer of the two is what costs.
+        row["length"] = max(len(row["chosen_ids"]), len(row["rejected_ids"]))
         rows.append(row)
 
     # The new head's initialisation depends on the seed: it is what makes
@@ -322,12 +347,19 @@ def train_reward_model(
             weight_decay=config.weight_decay,
             lr_scheduler_type="linear",
             per_device_train_batch_size=config.batch_size,
+            train_sampling_strategy="group_by_length" if config.group_by_length else "random",
+            length_column_name="length",
+            # TRL would drop "length" before the sampler reads it; its collator ignores it.
+            remove_unused_columns=False,
+            # Padded tokens through the model: what a step costs, reported as ``tokens``.
+            include_num_input_tokens_seen="all",
             # Sequences are already cut to max_length above; TRL would drop, not cut, longer ones.
             max_length=None,
             center_rewards_coefficient=config.center_rewards_coefficient,
             seed=config.seed,
             data_seed=config.seed,
             bf16=config.bf16,
+            use_cpu=not torch.cuda.is_available(),
             # Checkpointing trades compute for memory; tiny CPU runs need the compute.
             gradient_checkpointing=False,
             logging_steps=config.logging_steps,
@@ -358,6 +390,7 @@ def train_reward_model(
         "loss_last": float(history[-1]["loss"]) if history else None,
         "train_accuracy_last": float(history[-1]["accuracy"]) if history else None,
         "steps": int(output.global_step),
+        "tokens": int(trainer.state.num_input_tokens_seen),
         "seconds": round(time.perf_counter() - started, 2),
     }
     return RewardResult(path=output_dir, metrics=metrics)

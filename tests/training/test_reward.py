@@ -19,6 +19,7 @@ from training.reward import (
     RewardEnsemble,
     _encode,
     _Encoding,
+    cpu_has_fast_bf16,
     evaluate_pairs,
     train_reward_ensemble,
     train_reward_model,
@@ -211,3 +212,42 @@ def test_bootstrap_gives_each_member_its_own_seeded_resample() -> None:
     assert all(len(set(map(id, sample))) < len(pairs) for sample in samples)
     assert len({tuple(map(id, sample)) for sample in samples}) == 3
     assert [id(p) for p in bagged.member_pairs(1, pairs)] == [id(p) for p in samples[1]]
+
+
+def test_length_grouped_batches_carry_less_padding(tmp_path: Path, tiny_lm_path: Path) -> None:
+    # Half the pairs are short, half long: shuffled batches mix them and pad
+    # every short pair to the long length; grouped batches mostly do not.
+    pairs = synthetic_pairs(64, seed=5)
+    for pair in pairs[::2]:
+        pair.prompt[0]["content"] += " " + " ".join(["stone"] * 40)
+    tokens = {}
+    for grouped in (False, True):
+        config = RewardConfig(
+            backbone=str(tiny_lm_path),
+            epochs=1,
+            batch_size=8,
+            max_length=128,
+            group_by_length=grouped,
+            seed=0,
+        )
+        result = train_reward_model(pairs, config, output_dir=tmp_path / f"rm-{grouped}")
+        assert result.metrics["steps"] == 8
+        tokens[grouped] = result.metrics["tokens"]
+    assert tokens[True] < 0.8 * tokens[False]
+
+
+@pytest.mark.skipif(not cpu_has_fast_bf16(), reason="this CPU has no native bf16")
+def test_bf16_mixed_precision_trains_on_cpu(tmp_path: Path, tiny_lm_path: Path) -> None:
+    config = RewardConfig(
+        backbone=str(tiny_lm_path),
+        epochs=3,
+        learning_rate=1e-3,
+        batch_size=16,
+        max_length=64,
+        logging_steps=2,
+        bf16=True,
+    )
+    result = train_reward_model(synthetic_pairs(96, seed=2), config, output_dir=tmp_path / "rm")
+    assert result.metrics["loss_last"] < result.metrics["loss_first"] - 0.1
+    ensemble = RewardEnsemble.load(tmp_path / "rm")
+    assert evaluate_pairs(ensemble, synthetic_pairs(48, seed=3))["accuracy"] >= 0.8
