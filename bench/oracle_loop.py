@@ -61,7 +61,7 @@ from training.reward import (
     evaluate_pairs,
     train_reward_ensemble,
 )
-from training.selection import select_pairs
+from training.selection import preference_disagreement, select_pairs
 
 ORACLE = WarmWords()
 
@@ -280,14 +280,87 @@ def online_loop(
     return rounds
 
 
-def selection_experiment(
+def _entropy(p: np.ndarray) -> np.ndarray:
+    p = np.clip(p, 1e-9, 1 - 1e-9)
+    result: np.ndarray = -(p * np.log(p) + (1 - p) * np.log(1 - p))
+    return result
+
+
+def _gaps(members: np.ndarray) -> np.ndarray:
+    """``[M, k, k]``: each member's reward gap r_i − r_j for every pair of one prompt's samples."""
+    return members[:, :, None] - members[:, None, :]
+
+
+def _sign_doubt(members: np.ndarray) -> np.ndarray:
+    """Chance the ensemble's verdict is wrong if the gap were Normal(mean, std) over members."""
+    from scipy.special import ndtr
+
+    gaps = _gaps(members)
+    result: np.ndarray = ndtr(-np.abs(gaps.mean(0)) / (gaps.std(0) + 1e-9))
+    return result
+
+
+# Acquisition functions compared against random buying; each maps one prompt's member rewards
+# ``[M, k]`` to a ``[k, k]`` score, highest bought first. ``disagreement`` is the product's
+# (training.selection); the others are the usual alternatives, kept here as an experiment.
+ACQUISITIONS: dict[str, Any] = {
+    # Spread of the members' preference probabilities (query by committee).
+    "disagreement": preference_disagreement,
+    # Spread of the raw reward gaps: does not favour pairs the mean calls even.
+    "gap_spread": lambda m: _gaps(m).std(0),
+    # BALD: entropy of the mean preference minus the members' mean entropy.
+    "bald": lambda m: _entropy(_sigmoid(_gaps(m)).mean(0)) - _entropy(_sigmoid(_gaps(m))).mean(0),
+    # Uncertainty sampling: entropy of the ensemble-mean preference.
+    "entropy": lambda m: _entropy(_sigmoid(_gaps(m)).mean(0)),
+    "sign_doubt": _sign_doubt,
+}
+
+
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    result: np.ndarray = 1.0 / (1.0 + np.exp(-x))
+    return result
+
+
+def learner_noise(
     work: Path,
     pi0: Path,
     train_prompts: list[list[Message]],
     eval_prompts: list[list[Message]],
     settings: Settings,
-) -> dict[str, list[list[float]]]:
-    """Accuracy against labels bought, disagreement-first vs random; averaged over seeds."""
+) -> dict[int, list[float]]:
+    """Held-out accuracy of ensembles fitted on the SAME random labels with 4 training seeds.
+
+    The spread is the floor under any comparison of selection strategies: two curves closer
+    than this are not told apart by a handful of seeds.
+    """
+    pool, eval_pairs, all_pairs = _selection_pool(pi0, train_prompts, eval_prompts, settings)
+    order = list(all_pairs)
+    random.Random(1000).shuffle(order)
+    spread: dict[int, list[float]] = {}
+    for n in (settings.selection_steps[0], 64, settings.selection_steps[-1]):
+        labels = _oracle_labels(train_prompts, pool, order[:n])
+        spread[n] = []
+        for seed in range(4):
+            path = train_reward_ensemble(
+                labels, ensemble_config(settings, pi0, seed), root=work, name=f"noise-{n}-{seed}"
+            ).path
+            spread[n].append(evaluate_pairs(RewardEnsemble.load(path), eval_pairs)["accuracy"])
+        print(
+            f"  {n:>4} labels, 4 training seeds: "
+            + " ".join(f"{a:.3f}" for a in spread[n])
+            + f"  (std {np.std(spread[n]):.3f})",
+            flush=True,
+        )
+    return spread
+
+
+def _selection_pool(
+    pi0: Path,
+    train_prompts: list[list[Message]],
+    eval_prompts: list[list[Message]],
+    settings: Settings,
+) -> tuple[list[list[str]], list[PreferencePair], list[tuple[int, int, int]]]:
+    """π_0's samples on the training prompts, the held-out check pairs, and every purchasable pair."""
     generator = TransformersGenerator(pi0, device="cpu")
     pool_samples = generator.generate(
         train_prompts,
@@ -305,30 +378,68 @@ def selection_experiment(
         for j in range(i + 1, len(texts))
         if texts[i] != texts[j]
     ]
-    curves: dict[str, list[list[float]]] = {"disagreement": [], "random": []}
+    return pool_samples, eval_pairs, all_pairs
+
+
+def _oracle_labels(
+    prompts: Sequence[list[Message]],
+    pool: Sequence[Sequence[str]],
+    bought: Sequence[tuple[int, int, int]],
+) -> list[PreferencePair]:
+    """The oracle's answers to the bought pairs; ties cost a label but teach nothing."""
+    return [
+        pair
+        for p, i, j in bought
+        if (pair := oracle_pair(prompts[p], pool[p][i], pool[p][j])) is not None
+    ]
+
+
+def selection_experiment(
+    work: Path,
+    pi0: Path,
+    train_prompts: list[list[Message]],
+    eval_prompts: list[list[Message]],
+    settings: Settings,
+    acquisitions: Sequence[str] = ("disagreement", "random"),
+) -> dict[str, list[list[float]]]:
+    """Accuracy against labels bought for each acquisition (``random`` or ACQUISITIONS); mean over seeds."""
+    unknown = [a for a in acquisitions if a != "random" and a not in ACQUISITIONS]
+    if unknown:
+        raise ValueError(
+            f"unknown acquisitions {unknown}; known: random, {', '.join(ACQUISITIONS)}"
+        )
+    pool_samples, eval_pairs, all_pairs = _selection_pool(
+        pi0, train_prompts, eval_prompts, settings
+    )
+    ties = {
+        key: ORACLE.prefer(pool_samples[key[0]][key[1]], pool_samples[key[0]][key[2]]) == "tie"
+        for key in all_pairs
+    }
+    print(
+        f"  pool: {len(all_pairs)} purchasable pairs, {np.mean(list(ties.values())):.2f} of them ties",
+        flush=True,
+    )
+    curves: dict[str, list[list[float]]] = {}
     fits = 0
 
     def fit(bought: list[tuple[int, int, int]], seed: int) -> tuple[RewardEnsemble | None, float]:
         nonlocal fits
-        pairs = [
-            pair
-            for p, i, j in bought
-            if (pair := oracle_pair(train_prompts[p], pool_samples[p][i], pool_samples[p][j]))
-        ]
+        pairs = _oracle_labels(train_prompts, pool_samples, bought)
         fits += 1
         config = ensemble_config(settings, pi0, seed)
         path = train_reward_ensemble(pairs, config, root=work, name=f"sel-{fits}").path
         ensemble = RewardEnsemble.load(path)
         return ensemble, evaluate_pairs(ensemble, eval_pairs)["accuracy"]
 
-    per_seed: dict[str, list[list[float]]] = {"disagreement": [], "random": []}
+    per_seed: dict[str, list[list[float]]] = {a: [] for a in acquisitions}
+    tie_share: dict[str, list[float]] = {a: [] for a in acquisitions}
     for seed in range(settings.selection_seeds):
         rng = random.Random(1000 + seed)
         order = list(all_pairs)
         rng.shuffle(order)
         seed_set = order[: settings.selection_steps[0]]
         first_ensemble, first_accuracy = fit(seed_set, seed)
-        for strategy in ("disagreement", "random"):
+        for strategy in acquisitions:
             bought = list(seed_set)
             ensemble = first_ensemble
             accuracies = [first_accuracy]
@@ -340,29 +451,34 @@ def selection_experiment(
                 else:
                     assert ensemble is not None
                     scores = score_candidates(ensemble, train_prompts, pool_samples)
-                    ranked = select_pairs(
-                        pool_samples,
-                        scores,
-                        strategy="disagreement",
-                        per_prompt=settings.k * settings.k,
-                        seed=seed,
+                    score = ACQUISITIONS[strategy]
+                    ranked = sorted(
+                        (-float(matrix[i, j]), p, i, j)
+                        for p in range(len(pool_samples))
+                        for matrix in [score(scores[:, p, :])]
+                        for i in range(settings.k)
+                        for j in range(i + 1, settings.k)
+                        if (p, i, j) in ties and (p, i, j) not in taken
                     )
-                    # Most disputed first, at most one new pair per prompt in a
+                    # Highest score first, at most one new pair per prompt in a
                     # batch: the batch spreads over prompts instead of buying
                     # the same confusion several times.
                     extra, used = [], set()
-                    for s in ranked:
-                        key = (s.prompt_index, min(s.first, s.second), max(s.first, s.second))
-                        if key not in taken and s.prompt_index not in used and len(extra) < need:
-                            extra.append(key)
-                            used.add(s.prompt_index)
+                    for _, p, i, j in ranked:
+                        if p not in used and len(extra) < need:
+                            extra.append((p, i, j))
+                            used.add(p)
                 bought += extra
                 ensemble, accuracy = fit(bought, seed)
                 accuracies.append(accuracy)
             per_seed[strategy].append(accuracies)
+            tie_share[strategy].append(
+                float(np.mean([ties[key] for key in bought[settings.selection_steps[0] :]]))
+            )
             print(
                 f"  selection seed {seed} {strategy:>12}: "
-                + " ".join(f"{a:.3f}" for a in accuracies),
+                + " ".join(f"{a:.3f}" for a in accuracies)
+                + f"  (ties among bought: {tie_share[strategy][-1]:.2f})",
                 flush=True,
             )
     for strategy, runs in per_seed.items():
@@ -371,6 +487,21 @@ def selection_experiment(
             [float(b), round(float(a), 4)]
             for b, a in zip(settings.selection_steps, mean, strict=True)
         ]
+    if "random" in per_seed:
+        # Paired by seed (same seed labels, same pool): the mean over later budgets of
+        # (acquisition − random), with a normal 95% interval across seeds.
+        baseline = np.asarray(per_seed["random"])[:, 1:]
+        for strategy, runs in per_seed.items():
+            if strategy == "random":
+                continue
+            diff = (np.asarray(runs)[:, 1:] - baseline).mean(axis=1)
+            half = 1.96 * diff.std(ddof=1) / np.sqrt(len(diff)) if len(diff) > 1 else float("nan")
+            print(
+                f"  {strategy:>12} − random, mean accuracy over budgets: {diff.mean():+.3f} "
+                f"± {half:.3f} (95%, {len(diff)} seeds); ties among bought "
+                f"{np.mean(tie_share[strategy]):.2f} vs {np.mean(tie_share['random']):.2f}",
+                flush=True,
+            )
     return curves
 
 
@@ -419,6 +550,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0, help="seed of the whole experiment")
     parser.add_argument("--skip-selection", action="store_true", help="run the online loop only")
     parser.add_argument(
+        "--skip-loop", action="store_true", help="run the selection experiment only"
+    )
+    parser.add_argument(
+        "--acquisitions",
+        default="disagreement,random",
+        help="comma-separated pair acquisitions to compare: random, " + ", ".join(ACQUISITIONS),
+    )
+    parser.add_argument(
+        "--selection-seeds", type=int, default=Settings.selection_seeds, help="seeds to average"
+    )
+    parser.add_argument(
+        "--learner-noise",
+        action="store_true",
+        help="also fit the same labels with 4 training seeds and print the accuracy spread",
+    )
+    parser.add_argument(
         "--work", type=Path, help="keep models here instead of a temporary directory"
     )
     parser.add_argument(
@@ -445,7 +592,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     os.environ["TANDEM_CPU_THREADS"] = str(args.threads)
     set_cpu_threads()
 
-    settings = Settings(seed=args.seed, threads=args.threads, bagging=args.bagging)
+    settings = Settings(
+        seed=args.seed,
+        threads=args.threads,
+        bagging=args.bagging,
+        selection_seeds=args.selection_seeds,
+    )
+    acquisitions = [a.strip() for a in args.acquisitions.split(",") if a.strip()]
     started, cpu_started = time.perf_counter(), time.process_time()
     work = args.work or Path(tempfile.mkdtemp(prefix="tandem-oracle-"))
     work.mkdir(parents=True, exist_ok=True)
@@ -459,17 +612,25 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise SystemExit(f"need {needed} training prompts, have {len(train_prompts)}")
         pi0 = warm_start(work, train_prompts, settings)
         print(f"warm start done in {time.perf_counter() - started:.1f}s", flush=True)
-        rounds = online_loop(work, pi0, train_prompts, eval_prompts, settings)
-        curves: dict[str, list[list[float]]] = {"disagreement": [], "random": []}
+        rounds = (
+            [] if args.skip_loop else online_loop(work, pi0, train_prompts, eval_prompts, settings)
+        )
+        curves: dict[str, list[list[float]]] = {a: [] for a in acquisitions}
+        noise: dict[int, list[float]] = {}
+        if args.learner_noise:
+            print("learner noise (same labels, different training seeds):", flush=True)
+            noise = learner_noise(work, pi0, train_prompts[:needed], eval_prompts, settings)
         if not args.skip_selection:
             print("selection experiment (labels, accuracy averaged over seeds):", flush=True)
-            curves = selection_experiment(work, pi0, train_prompts[:needed], eval_prompts, settings)
+            curves = selection_experiment(
+                work, pi0, train_prompts[:needed], eval_prompts, settings, acquisitions
+            )
             for strategy, curve in curves.items():
                 print(f"  {strategy:>12}: " + "  ".join(f"{int(b)}:{a:.3f}" for b, a in curve))
             for target in (0.8, 0.85, 0.9):
                 print(
-                    f"  labels to reach {target:.2f}: disagreement {labels_to_reach(curves['disagreement'], target)}"
-                    f", random {labels_to_reach(curves['random'], target)}"
+                    f"  labels to reach {target:.2f}: "
+                    + ", ".join(f"{a} {labels_to_reach(c, target)}" for a, c in curves.items())
                 )
         seconds = round(time.perf_counter() - started, 1)
         # CPU seconds of this process: on a shared machine wall time also counts other jobs.
@@ -483,6 +644,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     {
                         "rounds": rounds,
                         "selection": curves,
+                        "learner_noise": {str(n): accs for n, accs in noise.items()},
                         "seconds": seconds,
                         "cpu_seconds": cpu_seconds,
                     },
