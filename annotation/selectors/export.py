@@ -130,10 +130,14 @@ def export_judgements(
     project: Project,
     shape: str,
     since: str | None,
+    until: str | None = None,
     chunk: int | None = None,
     prompt_split: str | None = None,
 ) -> Export:
     """Judgements of the project after `since`, as TRL-ready rows, and the cursor to pass next time.
+
+    `until` (a cursor an earlier export returned) stops the export there, so the rows are exactly
+    those between two earlier exports; the returned cursor is then at most `until`.
 
     shape "pairs": one {prompt, chosen, rejected, margin, ...} row per decisive pairwise judgement
     (ties and both-bad are left out, as DPO cannot use them); "raw": every judgement with its
@@ -147,9 +151,11 @@ def export_judgements(
             errors=[{"field": "shape", "message": "unknown"}],
         )
     start = Position.decode(since)
+    settled = _settled(project, prompt_split).filter(start.after())
+    if until:
+        settled = settled.filter(Position.decode(until).up_to())
     last = (
-        _settled(project, prompt_split)
-        .filter(start.after())
+        settled
         .order_by("-commit_seq", "-id")
         .values_list("commit_seq", "id")
         .first()

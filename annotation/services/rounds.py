@@ -341,12 +341,18 @@ def _register(
 # --- the stages -----------------------------------------------------------------------------------
 
 
-def human_pairs(project: Project, since: str | None = None) -> tuple[list[Any], str, int]:
-    """Decisive human judgements on training prompts (after `since`) as pairs, the export cursor, and the count."""
+def human_pairs(
+    project: Project, since: str | None = None, until: str | None = None
+) -> tuple[list[Any], str, int]:
+    """Decisive human judgements on training prompts (after `since`, up to `until`) as pairs, the export cursor, and the count."""
     from training.data import parse_preference_rows
 
     export = export_judgements(
-        project=project, shape="pairs", since=since or None, prompt_split=Split.TRAIN
+        project=project,
+        shape="pairs",
+        since=since or None,
+        until=until or None,
+        prompt_split=Split.TRAIN,
     )
     rows = list(export.rows())
     return parse_preference_rows(rows), export.cursor, len(rows)
@@ -427,17 +433,27 @@ def model_labelled_pairs(project: Project, round_number: int) -> list[Any]:
     return parse_preference_rows(rows)
 
 
+def policy_pairs(project: Project, loop_round: Round) -> tuple[list[Any], str]:
+    """The pairs round `loop_round`'s DPO trains on, and the export cursor they end at.
+
+    Iterative DPO trains each round on the pairs the previous policy produced (the Online-RLHF
+    recipe): the judgements made since the previous round took its data, and the pairs the
+    ensemble labelled for that round. The reward ensemble, by contrast, learns from all of them.
+    """
+    earlier = Round.objects.filter(project=project, number=loop_round.number - 1).first()
+    since = earlier.data_cursor if earlier is not None else None
+    # Up to the cursor this round's reward stage took, not a fresh one: a judgement made between
+    # the two stages then belongs to the next round's DPO only, instead of training it twice.
+    until = Round.objects.values_list("data_cursor", flat=True).get(pk=loop_round.pk)
+    pairs, cursor, _ = human_pairs(project, since=since, until=until)
+    return pairs + model_labelled_pairs(project, round_number=loop_round.number - 1), cursor
+
+
 def _stage_policy(run: TrainingRun, loop: LoopSettings, progress: Callable[[Any], None]) -> None:
     from training.policy import DPOConfig, train_dpo
 
     loop_round, project = run.round, run.round.project
-    # Iterative DPO trains each round on the pairs the previous policy produced (the Online-RLHF
-    # recipe): the judgements made since the previous round took its data, and the pairs the
-    # ensemble labelled for that round. The reward ensemble, by contrast, learns from all of them.
-    earlier = Round.objects.filter(project=project, number=loop_round.number - 1).first()
-    since = earlier.data_cursor if earlier is not None else None
-    pairs, cursor, _ = human_pairs(project, since=since)
-    pairs = pairs + model_labelled_pairs(project, round_number=loop_round.number - 1)
+    pairs, cursor = policy_pairs(project, loop_round)
     if not pairs:
         raise StageError(
             f"no new decisive human judgements since round {loop_round.number - 1} to train the policy on"

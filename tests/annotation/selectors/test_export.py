@@ -179,3 +179,18 @@ def test_pair_lines_carry_any_text_exactly():
     assert row["prompt"] == line["prompt"] and row["margin"] == 3.0 and row["agreement"] == 1.0
     (raw,) = export_judgements(project=project, shape="raw", since=None).rows()
     assert [r["text"] for r in raw["responses"]] == [tricky, "plain"]
+
+
+def test_until_stops_the_export_at_an_earlier_cursor():
+    project, (alice, bob) = make_project()
+    before = [judge(project, alice).pk for _ in range(3)]
+    first = export_judgements(project=project, shape="pairs", since=None)
+    after = [judge(project, bob).pk for _ in range(2)]
+    bounded = export_judgements(project=project, shape="pairs", since=None, until=first.cursor)
+    assert [r["judgement_ids"][0] for r in bounded.rows()] == before
+    assert bounded.cursor == first.cursor
+    # Between two cursors: nothing is left out and nothing counted twice.
+    rest = export_judgements(project=project, shape="pairs", since=first.cursor)
+    assert [r["judgement_ids"][0] for r in rest.rows()] == after
+    empty = export_judgements(project=project, shape="raw", since=first.cursor, until=first.cursor)
+    assert list(empty.rows()) == []

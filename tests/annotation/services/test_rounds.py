@@ -185,3 +185,26 @@ def test_a_stage_without_enough_data_fails_the_round_with_a_clear_message(broker
     assert "needs more decisive human judgements: 1 so far" in reward.error
     assert started.status == Round.Status.FAILED and started.error.startswith("reward:")
     assert not ModelVersion.objects.filter(project=project, kind="reward").exists()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_each_judgement_trains_the_policy_in_exactly_one_round(broker):
+    project = loop_project()
+    import_tasks(project, 8)
+    annotate(project, 2)
+    first = rounds.round_start(project=project)
+    wait_for_export_horizon()
+    # What the reward stage records when it exports; then two more arrive before the policy stage.
+    _, cursor, seen = rounds.human_pairs(project)
+    Round.objects.filter(pk=first.pk).update(data_cursor=cursor)
+    annotate(project, 2)
+    wait_for_export_horizon()
+    pairs, policy_cursor = rounds.policy_pairs(project, first)
+    assert seen == 2 and len(pairs) == 2 and policy_cursor == cursor
+
+    Round.objects.filter(pk=first.pk).update(status=Round.Status.SUCCEEDED)
+    second = rounds.round_start(project=project)
+    _, later, _ = rounds.human_pairs(project)
+    Round.objects.filter(pk=second.pk).update(data_cursor=later)
+    pairs, _ = rounds.policy_pairs(project, second)
+    assert len(pairs) == 2  # the two that came after round 1's cursor, and only those
