@@ -154,12 +154,7 @@ def export_judgements(
     settled = _settled(project, prompt_split).filter(start.after())
     if until:
         settled = settled.filter(Position.decode(until).up_to())
-    last = (
-        settled
-        .order_by("-commit_seq", "-id")
-        .values_list("commit_seq", "id")
-        .first()
-    )
+    last = settled.order_by("-commit_seq", "-id").values_list("commit_seq", "id").first()
     if last is None:
         return Export(cursor=start.encode(), blocks=iter(()))
     end = Position(*last)
