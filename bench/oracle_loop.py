@@ -61,7 +61,12 @@ from training.reward import (
     evaluate_pairs,
     train_reward_ensemble,
 )
-from training.selection import preference_disagreement, select_pairs
+from training.selection import (
+    distinct_pairs,
+    member_preferences,
+    preference_disagreement,
+    select_pairs,
+)
 
 ORACLE = WarmWords()
 
@@ -300,6 +305,13 @@ def _sign_doubt(members: np.ndarray) -> np.ndarray:
     return result
 
 
+def _bald(members: np.ndarray) -> np.ndarray:
+    """Mutual information: entropy of the mean preference minus the members' mean entropy."""
+    prefs = member_preferences(members)
+    result: np.ndarray = _entropy(prefs.mean(0)) - _entropy(prefs).mean(0)
+    return result
+
+
 # Acquisition functions compared against random buying; each maps one prompt's member rewards
 # ``[M, k]`` to a ``[k, k]`` score, highest bought first. ``disagreement`` is the product's
 # (training.selection); the others are the usual alternatives, kept here as an experiment.
@@ -308,17 +320,11 @@ ACQUISITIONS: dict[str, Any] = {
     "disagreement": preference_disagreement,
     # Spread of the raw reward gaps: does not favour pairs the mean calls even.
     "gap_spread": lambda m: _gaps(m).std(0),
-    # BALD: entropy of the mean preference minus the members' mean entropy.
-    "bald": lambda m: _entropy(_sigmoid(_gaps(m)).mean(0)) - _entropy(_sigmoid(_gaps(m))).mean(0),
+    "bald": _bald,
     # Uncertainty sampling: entropy of the ensemble-mean preference.
-    "entropy": lambda m: _entropy(_sigmoid(_gaps(m)).mean(0)),
+    "entropy": lambda m: _entropy(member_preferences(m).mean(0)),
     "sign_doubt": _sign_doubt,
 }
-
-
-def _sigmoid(x: np.ndarray) -> np.ndarray:
-    result: np.ndarray = 1.0 / (1.0 + np.exp(-x))
-    return result
 
 
 def learner_noise(
@@ -372,11 +378,7 @@ def _selection_pool(
     eval_pairs = distinct_utility_pairs(eval_prompts, eval_samples)
     # Every unordered pair of a prompt's samples is one purchasable label (identical texts excluded).
     all_pairs = [
-        (p, i, j)
-        for p, texts in enumerate(pool_samples)
-        for i in range(len(texts))
-        for j in range(i + 1, len(texts))
-        if texts[i] != texts[j]
+        (p, i, j) for p, texts in enumerate(pool_samples) for i, j in distinct_pairs(texts)
     ]
     return pool_samples, eval_pairs, all_pairs
 
@@ -451,20 +453,18 @@ def selection_experiment(
                 else:
                     assert ensemble is not None
                     scores = score_candidates(ensemble, train_prompts, pool_samples)
-                    score = ACQUISITIONS[strategy]
+                    matrices = [
+                        ACQUISITIONS[strategy](scores[:, p, :]) for p in range(len(pool_samples))
+                    ]
                     ranked = sorted(
-                        (-float(matrix[i, j]), p, i, j)
-                        for p in range(len(pool_samples))
-                        for matrix in [score(scores[:, p, :])]
-                        for i in range(settings.k)
-                        for j in range(i + 1, settings.k)
-                        if (p, i, j) in ties and (p, i, j) not in taken
+                        (key for key in all_pairs if key not in taken),
+                        key=lambda key: -float(matrices[key[0]][key[1], key[2]]),
                     )
                     # Highest score first, at most one new pair per prompt in a
                     # batch: the batch spreads over prompts instead of buying
                     # the same confusion several times.
                     extra, used = [], set()
-                    for _, p, i, j in ranked:
+                    for p, i, j in ranked:
                         if p not in used and len(extra) < need:
                             extra.append((p, i, j))
                             used.add(p)

@@ -327,8 +327,9 @@ def train_reward_model(
         }
         if with_margin:
             row["margin"] = pair.margin or 0.0
-        # The collator pads chosen and rejected to one length: the longer of the two is what costs.
-        row["length"] = max(len(row["chosen_ids"]), len(row["rejected_ids"]))
+        if config.group_by_length:
+            # The collator pads chosen and rejected to one length: the longer one is what costs.
+            row["length"] = max(len(row["chosen_ids"]), len(row["rejected_ids"]))
         rows.append(row)
 
     # The new head's initialisation depends on the seed: it is what makes
@@ -350,7 +351,7 @@ def train_reward_model(
             train_sampling_strategy="group_by_length" if config.group_by_length else "random",
             length_column_name="length",
             # TRL would drop "length" before the sampler reads it; its collator ignores it.
-            remove_unused_columns=False,
+            remove_unused_columns=not config.group_by_length,
             # Padded tokens through the model: what a step costs, reported as ``tokens``.
             include_num_input_tokens_seen="all",
             # Sequences are already cut to max_length above; TRL would drop, not cut, longer ones.

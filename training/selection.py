@@ -75,6 +75,17 @@ def _member_scores(
     return per_prompt
 
 
+def member_preferences(members: np.ndarray) -> np.ndarray:
+    """Each member's Bradley–Terry preference for every pair of one prompt's candidates.
+
+    ``members``: ``[M, k]`` rewards. Returns ``[M, k, k]`` with entry (m, i, j)
+    ``σ(r_m,i − r_m,j)``, the probability member m gives that i beats j.
+    """
+    diff = members[:, :, None] - members[:, None, :]
+    result: np.ndarray = 1.0 / (1.0 + np.exp(-diff))
+    return result
+
+
 def preference_disagreement(members: np.ndarray) -> np.ndarray:
     """Disagreement of ensemble members about every pair of one prompt's candidates.
 
@@ -82,13 +93,11 @@ def preference_disagreement(members: np.ndarray) -> np.ndarray:
     population standard deviation over members of ``σ(r_m,i − r_m,j)``;
     symmetric, zero on the diagonal and for a single member.
     """
-    diff = members[:, :, None] - members[:, None, :]  # [M, k, k]
-    prob = 1.0 / (1.0 + np.exp(-diff))
-    result: np.ndarray = prob.std(axis=0)
+    result: np.ndarray = member_preferences(members).std(axis=0)
     return result
 
 
-def _distinct_pairs(texts: Sequence[str]) -> list[tuple[int, int]]:
+def distinct_pairs(texts: Sequence[str]) -> list[tuple[int, int]]:
     """Index pairs i < j whose texts differ: comparing a text with itself teaches nothing."""
     return [
         (i, j) for i in range(len(texts)) for j in range(i + 1, len(texts)) if texts[i] != texts[j]
@@ -129,7 +138,7 @@ def select_pairs(
 
     chosen: list[SelectedPair] = []
     for p, (members, texts) in enumerate(zip(per_prompt_scores, candidates, strict=True)):
-        pairs = _distinct_pairs(texts)
+        pairs = distinct_pairs(texts)
         if not pairs:
             continue
         mean = members.mean(axis=0)

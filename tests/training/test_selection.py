@@ -8,7 +8,13 @@ from dataclasses import dataclass
 import numpy as np
 import pytest
 
-from training.selection import SelectedPair, preference_disagreement, select_pairs
+from training.selection import (
+    SelectedPair,
+    distinct_pairs,
+    member_preferences,
+    preference_disagreement,
+    select_pairs,
+)
 
 
 def sigmoid(x: float) -> float:
@@ -46,6 +52,18 @@ def test_disagreement_picks_the_pair_members_dispute() -> None:
     assert pairs[1].prompt_index == 1
     assert pairs[1].priority == pytest.approx(0.0, abs=1e-12)
     assert [p.priority for p in pairs] == sorted((p.priority for p in pairs), reverse=True)
+
+
+def test_member_preferences_by_hand() -> None:
+    # Member 0 gives candidate 1 a reward ln 3 above candidate 0: it prefers 1 with odds 3 to 1.
+    prefs = member_preferences(np.array([[0.0, np.log(3.0)], [1.0, 1.0]]))
+    assert prefs.shape == (2, 2, 2)
+    assert prefs[0, 1, 0] == pytest.approx(0.75) and prefs[0, 0, 1] == pytest.approx(0.25)
+    assert np.allclose(prefs[1], 0.5)
+
+
+def test_distinct_pairs_skip_identical_texts() -> None:
+    assert distinct_pairs(["a", "b", "a", "c"]) == [(0, 1), (0, 3), (1, 2), (1, 3), (2, 3)]
 
 
 def test_disagreement_matrix_by_hand() -> None:
