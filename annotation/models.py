@@ -8,6 +8,7 @@ through `annotation.selectors`.
 from django.conf import settings
 from django.db import models
 from django.db.models import Q
+from knox.models import AbstractAuthToken
 
 
 class FeedbackKind(models.TextChoices):
@@ -251,7 +252,15 @@ class Assignment(models.Model):
                 fields=["task", "annotator"], name="one_assignment_per_annotator"
             ),
         ]
-        indexes = [models.Index(fields=["task", "status"], name="assignment_task_status")]
+        indexes = [
+            models.Index(fields=["task", "status"], name="assignment_task_status"),
+            # "Does this annotator already hold a live lease here?": asked on every lease.
+            models.Index(
+                fields=["annotator", "project"],
+                condition=Q(status="leased"),
+                name="assignment_live_per_annotator",
+            ),
+        ]
 
     def __str__(self) -> str:
         return f"assignment {self.pk}"
@@ -322,6 +331,9 @@ class ImportJob(models.Model):
     created = models.PositiveIntegerField(default=0)
     errors = models.JSONField(default=list, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(
+        auto_now=True, help_text="Last progress; a job silent for long died with its worker."
+    )
     finished_at = models.DateTimeField(null=True, blank=True)
 
     def __str__(self) -> str:
@@ -421,3 +433,20 @@ class TrainingRun(models.Model):
 
     def __str__(self) -> str:
         return f"{self.round} · {self.stage}"
+
+
+class ApiToken(AbstractAuthToken):
+    """An API token, stored as a digest (django-rest-knox), with a name its owner chose.
+
+    `password_fingerprint` binds the token to the password it was issued under: a password change
+    makes every older token fail without a write on each request.
+    """
+
+    name = models.CharField(max_length=100, blank=True)
+    password_fingerprint = models.CharField(max_length=64, blank=True)
+
+    class Meta:
+        ordering = ["-created"]
+
+    def __str__(self) -> str:
+        return f"token {self.token_key} of {self.user_id}"

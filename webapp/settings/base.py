@@ -6,6 +6,7 @@ Postgres + Redis, with no code change.
 """
 
 import os
+from datetime import timedelta
 from pathlib import Path
 
 import dj_database_url
@@ -31,7 +32,9 @@ INSTALLED_APPS = [
     "django.contrib.staticfiles",
     "rest_framework",
     "rest_framework.authtoken",
+    "knox",
     "drf_spectacular",
+    "drf_spectacular_sidecar",
     "django_htmx",
     "template_partials",
     "annotation",
@@ -70,7 +73,18 @@ TEMPLATES = [
 
 def database_from_env(default_url: str) -> dict:
     url = os.environ.get("DATABASE_URL", default_url)
-    config = dj_database_url.parse(url, conn_max_age=int(os.environ.get("DB_CONN_MAX_AGE", "60")))
+    config = dj_database_url.parse(
+        url,
+        conn_max_age=int(os.environ.get("DB_CONN_MAX_AGE", "60")),
+        # A persistent connection is checked before each request, so a database restart costs one
+        # reconnect instead of a worker's errors.
+        conn_health_checks=True,
+    )
+    if config["ENGINE"] == "django.db.backends.postgresql":
+        # One runaway query must not hold a worker (or a lock) for ever; exports and imports work
+        # in bounded pages and COPY batches well under this.
+        timeout_ms = int(os.environ.get("TANDEM_DB_STATEMENT_TIMEOUT_MS", "60000"))
+        config.setdefault("OPTIONS", {})["options"] = f"-c statement_timeout={timeout_ms}"
     if config["ENGINE"] == "django.db.backends.sqlite3":
         # IMMEDIATE transactions take SQLite's write lock up front, so two
         # leases can never interleave (SQLite has no row locks); the timeout
@@ -118,7 +132,22 @@ REST_FRAMEWORK = {
         "rest_framework.renderers.BrowsableAPIRenderer",
     ],
     "UNAUTHENTICATED_USER": None,
+    # Scoped throttles on the doors an attacker would hammer; each view names its scope.
+    "DEFAULT_THROTTLE_CLASSES": ["rest_framework.throttling.ScopedRateThrottle"],
+    "DEFAULT_THROTTLE_RATES": {
+        "token": os.environ.get("TANDEM_THROTTLE_TOKEN", "20/min"),
+        "lease": os.environ.get("TANDEM_THROTTLE_LEASE", "1200/min"),
+        "submit": os.environ.get("TANDEM_THROTTLE_SUBMIT", "1200/min"),
+    },
 }
+# Throttle counters and login-failure counters live in the cache: per process by default, shared
+# across web processes when TANDEM_CACHE_URL names a Redis (production).
+CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
+if os.environ.get("TANDEM_CACHE_URL"):
+    CACHES["default"] = {
+        "BACKEND": "django.core.cache.backends.redis.RedisCache",
+        "LOCATION": os.environ["TANDEM_CACHE_URL"],
+    }
 # Token auth answers 401 (with WWW-Authenticate) to anonymous calls.
 SPECTACULAR_SETTINGS = {
     "TITLE": "Tandem API",
@@ -165,6 +194,11 @@ CELERY_BEAT_SCHEDULE = {
         # A tick that waited behind a long training job is stale: drop it rather than run a backlog.
         "options": {"expires": _TICK_SECONDS},
     },
+    "import-sweep": {
+        "task": "annotation.tasks.import_sweep",
+        "schedule": 60.0,
+        "options": {"expires": 60.0},
+    },
 }
 
 # --- Tandem -------------------------------------------------------------------
@@ -177,6 +211,20 @@ TANDEM_EXPORT_CHUNK = int(os.environ.get("TANDEM_EXPORT_CHUNK", "10000"))
 # A running stage reports progress at least this often; silence longer than this means its worker died.
 TANDEM_LOOP_STALE_SECONDS = int(os.environ.get("TANDEM_LOOP_STALE_SECONDS", "120"))
 TANDEM_ARTIFACT_ROOT = Path(os.environ.get("TANDEM_ARTIFACT_ROOT", VAR_DIR / "artifacts"))
+# Folders under which a base model may be named by path (os.pathsep-separated). Empty: only hub ids.
+TANDEM_MODEL_ROOTS = [
+    Path(p) for p in os.environ.get("TANDEM_MODEL_ROOTS", "").split(os.pathsep) if p.strip()
+]
+# An import job that has not reported progress for this long died with its worker: it is failed.
+TANDEM_IMPORT_STALE_SECONDS = int(os.environ.get("TANDEM_IMPORT_STALE_SECONDS", "600"))
+
+# API tokens (django-rest-knox): stored as digests, expiring, listed and revoked by their owner.
+KNOX_TOKEN_MODEL = "annotation.ApiToken"
+REST_KNOX = {
+    "TOKEN_TTL": timedelta(days=int(os.environ.get("TANDEM_TOKEN_TTL_DAYS", "30"))),
+    "AUTO_REFRESH": False,  # no write on each authenticated request
+    "AUTH_HEADER_PREFIX": "Token",
+}
 
 LOGGING = {
     "version": 1,
@@ -185,3 +233,6 @@ LOGGING = {
     "root": {"handlers": ["console"], "level": os.environ.get("LOG_LEVEL", "WARNING")},
 }
 REST_FRAMEWORK["EXCEPTION_HANDLER"] = "annotation.api.exceptions.handle"
+# knox's own migrations create its default token table even when the model is swapped for ours
+# (annotation.ApiToken), and a table Django does not know about breaks flushes and cascades.
+MIGRATION_MODULES = {"knox": None}
