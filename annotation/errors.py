@@ -32,3 +32,9 @@ class Conflict(TandemError):
 
 class TooLarge(TandemError):
     status = 413
+
+
+class ServiceUnavailable(TandemError):
+    """A service Tandem depends on (the broker) is down; nothing was stored, try again later."""
+
+    status = 503

@@ -1,9 +1,9 @@
 import pytest
-from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
 from annotation import services
 from annotation.models import Role
+from annotation.services.tokens import token_issue
 from tests.factories import ProjectFactory, UserFactory, import_tasks
 
 
@@ -14,8 +14,8 @@ def api():
     def make(user=None) -> APIClient:
         client = APIClient()
         if user is not None:
-            token, _ = Token.objects.get_or_create(user=user)
-            client.credentials(HTTP_AUTHORIZATION=f"Token {token.key}")
+            _, secret = token_issue(user=user, name="test")
+            client.credentials(HTTP_AUTHORIZATION=f"Token {secret}")
         return client
 
     return make

@@ -3,12 +3,12 @@
 from django.contrib.auth import authenticate
 from drf_spectacular.utils import extend_schema
 from rest_framework import serializers, status
-from rest_framework.authtoken.models import Token
 from rest_framework.permissions import AllowAny, IsAdminUser
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from .. import services
+from ..services.tokens import token_issue
 from .common import valid
 
 
@@ -33,8 +33,8 @@ class TokenObtainApi(APIView):
                 {"detail": "wrong username or password", "errors": []},
                 status=status.HTTP_400_BAD_REQUEST,
             )
-        token, _ = Token.objects.get_or_create(user=user)
-        return Response({"token": token.key})
+        _, secret = token_issue(user=user, name=data.get("name", ""))
+        return Response({"token": secret})
 
 
 class UserCreateApi(APIView):

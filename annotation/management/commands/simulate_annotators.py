@@ -15,12 +15,12 @@ from typing import Any
 
 import httpx
 from django.core.management.base import BaseCommand, CommandError
-from rest_framework.authtoken.models import Token
 
 from annotation import services
 from annotation.loop import SELECTIONS
 from annotation.models import Project
 from annotation.services.simulation import TINY_LOOP, oracle_answer, oracle_project_setup
+from annotation.services.tokens import token_issue
 
 
 class Api:
@@ -101,7 +101,7 @@ class Command(BaseCommand):
             raise CommandError(str(exc)) from None
         deadline = time.monotonic() + options["timeout"]
         staff = _simulator_user()
-        api = Api(options["url"], Token.objects.get_or_create(user=staff)[0].key)
+        api = Api(options["url"], token_issue(user=staff, name="simulate_annotators")[1])
         try:
             api.call("GET", "/api/v1/projects")
         except httpx.HTTPError as exc:

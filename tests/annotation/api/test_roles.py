@@ -273,7 +273,7 @@ def test_token_and_session_auth(api, db):
     token = api().post(
         "/api/v1/auth/token", {"username": user.username, "password": PASSWORD}, format="json"
     )
-    assert token.status_code == 200 and len(token.json()["token"]) == 40
+    assert token.status_code == 200 and len(token.json()["token"]) == 64
     wrong = api().post(
         "/api/v1/auth/token", {"username": user.username, "password": "nope"}, format="json"
     )

@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 from django.core.management import call_command
-from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
 from annotation import services
@@ -24,6 +23,7 @@ from annotation.models import (
     TrainingRun,
 )
 from annotation.services import rounds, simulation
+from annotation.services.tokens import token_issue
 from tests.annotation.loop_support import (
     celery_worker,
     kill_group,
@@ -126,9 +126,7 @@ def test_two_rounds_through_the_api_with_a_real_worker(
     trainer = UserFactory()
     services.membership_set(project=project, username=trainer.username, role=Role.TRAINER)
     client = APIClient()
-    client.credentials(
-        HTTP_AUTHORIZATION=f"Token {Token.objects.get_or_create(user=trainer)[0].key}"
-    )
+    client.credentials(HTTP_AUTHORIZATION=f"Token {token_issue(user=trainer)[1]}")
     listed = client.get(f"/api/v1/projects/{project.pk}/rounds").json()
     assert [r["number"] for r in listed] == [1, 2]
     assert listed[0]["win_rate"] is not None and listed[0]["win_rate_ci"] is not None
@@ -146,9 +144,7 @@ def test_submissions_never_wait_on_the_broker_and_the_round_starts_when_it_is_ba
     annotator = UserFactory()
     services.membership_set(project=project, username=annotator.username, role=Role.ANNOTATOR)
     client = APIClient()
-    client.credentials(
-        HTTP_AUTHORIZATION=f"Token {Token.objects.get_or_create(user=annotator)[0].key}"
-    )
+    client.credentials(HTTP_AUTHORIZATION=f"Token {token_issue(user=annotator)[1]}")
     port = 6391
     broker = f"redis://127.0.0.1:{port}/0"
     with redis_server(port, tmp_path) as redis_process:
