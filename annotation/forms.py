@@ -100,6 +100,13 @@ class ImportForm(forms.Form):
 class MemberForm(forms.Form):
     username = forms.CharField(max_length=150)
     role = forms.ChoiceField(choices=Role.choices, initial=Role.ANNOTATOR)
+    # Set by the members table's role forms: they change an existing member and must not add back
+    # someone removed in another tab.
+    existing = forms.BooleanField(required=False, widget=forms.HiddenInput)
+
+
+class MemberRemoveForm(forms.Form):
+    username = forms.CharField(max_length=150)
 
 
 _LOOP_HELP = {f.name: f.metadata.get("help", "") for f in fields(LoopSettings)}
@@ -113,7 +120,7 @@ class LoopSettingsForm(forms.Form):
     """The loop settings a manager edits on the dashboard; ranges are checked by LoopSettings, so
     the page and PATCH /api/v1/projects/<id>/loop refuse the same values with the same words."""
 
-    enabled = forms.BooleanField(required=False, label="Loop on")
+    enabled = forms.BooleanField(required=False, label="Start rounds automatically")
     policy_model = forms.CharField(required=False, max_length=500, label="Base policy")
     reward_backbone = forms.CharField(max_length=500)
     algorithm = forms.ChoiceField(choices=_choices(ALGORITHMS))
@@ -130,10 +137,11 @@ class LoopSettingsForm(forms.Form):
         super().__init__(*args, **kwargs)
         for name, field in self.fields.items():
             field.help_text = _LOOP_HELP.get(name, "")
-        self.fields[
-            "enabled"
-        ].help_text = (
-            "On: a round starts by itself once enough fresh judgements arrive (see below)."
+        # "Loop on" beside "rounds start by hand" read as a contradiction: the switch only says
+        # whether rounds also start by themselves; the start button works either way.
+        self.fields["enabled"].help_text = (
+            "On: a round also starts by itself once the judgement count below is reached "
+            "(0 = never). Rounds can always be started by hand."
         )
 
     @classmethod

@@ -21,6 +21,7 @@ urlpatterns = [
     ),
     path("projects/<int:project_id>/imports", views.import_create, name="import-create"),
     path("projects/<int:project_id>/members", views.member_set, name="member-set"),
+    path("projects/<int:project_id>/members/remove", views.member_remove, name="member-remove"),
     path("imports/<int:import_id>", views.import_detail, name="import"),
     path("projects/<int:project_id>/loop", views.loop_dashboard, name="loop"),
     path("projects/<int:project_id>/loop/jobs", views.loop_jobs, name="loop-jobs"),

@@ -18,6 +18,7 @@ from .forms import (
     JudgementForm,
     LoopSettingsForm,
     MemberForm,
+    MemberRemoveForm,
     ProjectCreateForm,
     add_service_errors,
 )
@@ -219,6 +220,7 @@ def _render_project(
     import_form: ImportForm | None = None,
     member_form: MemberForm | None = None,
     member_message: str = "",
+    member_error: str = "",
     status: int = 200,
 ) -> HttpResponse:
     context = {
@@ -227,6 +229,8 @@ def _render_project(
         "import_form": import_form or ImportForm(),
         "member_form": member_form or MemberForm(),
         "member_message": member_message,
+        "member_error": member_error,
+        "roles": MemberForm.base_fields["role"].choices,
         "imports": selectors.imports_of(project=project)[:10],
         "members": pages.members_of(project=project),
         # The import response also refreshes the list of imports, out of band.
@@ -293,21 +297,73 @@ def member_set(request: HttpRequest, project_id: int) -> HttpResponse:
     )
     form = MemberForm(request.POST)
     message = ""
+    status = 200
     if form.is_valid():
+        data = form.cleaned_data
         try:
-            membership = services.membership_set(project=project, **form.cleaned_data)
+            membership = services.membership_set(
+                project=project,
+                username=data["username"],
+                role=data["role"],
+                create=not data["existing"],
+            )
         except TandemError as exc:
             add_service_errors(form, exc)
+            status = _inline_status(exc)
         else:
             message = f"{membership.user.username} is now {membership.get_role_display().lower()}."
             form = MemberForm()
+    if form.errors and status == 200:
+        status = 400
+    return _members(request, project, member_form=form, member_message=message, status=status)
+
+
+@require_POST
+@page
+def member_remove(request: HttpRequest, project_id: int) -> HttpResponse:
+    project, _ = selectors.access_project(
+        user=request.user, project_id=project_id, roles=selectors.MANAGE
+    )
+    form = MemberRemoveForm(request.POST)
+    if not form.is_valid():
+        return _members(request, project, member_error="Say whom to remove.", status=400)
+    username = form.cleaned_data["username"]
+    try:
+        services.membership_remove(project=project, username=username)
+    except TandemError as exc:
+        # The last manager, someone already gone, an archived project: said in the members panel.
+        return _members(request, project, member_error=exc.message, status=_inline_status(exc))
+    return _members(request, project, member_message=f"{username} was removed from the project.")
+
+
+def _inline_status(exc: TandemError) -> int:
+    """A refused member change is shown in the panel: 409 when it conflicts (the last manager, an
+    archived project), 400 for anything else wrong in what was typed (an unknown user, someone who
+    is not a member); both are statuses htmx swaps into the panel."""
+    return 409 if isinstance(exc, Conflict) else 400
+
+
+def _members(
+    request: HttpRequest,
+    project: Project,
+    *,
+    member_form: MemberForm | None = None,
+    member_message: str = "",
+    member_error: str = "",
+    status: int = 200,
+) -> HttpResponse:
+    """The members panel after a change; a plain form post gets the page back (after a success,
+    through a redirect, so a reload cannot post it again)."""
+    if not request.htmx and status == 200:
+        return redirect("annotation:project", project_id=project.pk)
     return _render_project(
         request,
         project,
         partial="members",
-        member_form=form,
-        member_message=message,
-        status=400 if form.errors else 200,
+        member_form=member_form,
+        member_message=member_message,
+        member_error=member_error,
+        status=status,
     )
 
 

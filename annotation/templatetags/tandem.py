@@ -1,6 +1,7 @@
 """Template filters of the Tandem pages."""
 
 from datetime import timedelta
+from decimal import ROUND_HALF_UP, Decimal
 
 import markdown as markdown_lib
 import nh3
@@ -56,3 +57,28 @@ def duration(value: timedelta | None) -> str:
 def seconds_ago(value: float | None) -> str:
     """'12 s ago' for an age in seconds."""
     return f"{_span(value)} ago" if value is not None else "never"
+
+
+@register.filter
+def percent(value: float | None) -> str:
+    """'2.5%': the one way a share is written on every page (one decimal, '.0' dropped).
+
+    Rounding never claims more or less than is true at the ends: a started project is never
+    '0%' and an unfinished one never '100%'.
+    """
+    if value is None:
+        return "–"
+    share = Decimal(str(value)).quantize(Decimal("0.1"), rounding=ROUND_HALF_UP)
+    if share <= 0 < value:
+        return "<0.1%"
+    if share >= 100 > value:
+        return "99.9%"
+    return f"{share.normalize():f}%" if share % 1 else f"{int(share)}%"
+
+
+@register.filter
+def percent_value(value: float | None) -> str:
+    """The same share as a plain number with a dot ('2.5'), for value="" and data-width=""."""
+    if value is None:
+        return "0"
+    return f"{Decimal(str(value)).quantize(Decimal('0.1'), rounding=ROUND_HALF_UP):f}"

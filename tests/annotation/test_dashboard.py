@@ -347,7 +347,7 @@ def test_jobs_partial_polls_while_a_run_is_active_and_stops_after(client, looped
     assert html.lstrip().startswith('<div id="jobs"')
     assert "<html" not in html and 'id="rounds"' not in html
     assert 'hx-trigger="every 2s"' in html and "hx-swap-oob" not in html
-    assert 'aria-valuenow="25.0"' in html and 'style="width: 25.0%"' in html
+    assert 'aria-valuenow="25.0"' in html and 'data-width="25.0"' in html
     assert "loss 0.6931" in html and "3 / 12 steps" in html
 
     # The page itself polls too while the run is active.
@@ -463,3 +463,24 @@ def test_empty_charts_are_a_sentence():
     # Rounds without a value yet: the axes, and a sentence across them instead of points.
     svg = line_chart([Point("1", None)], title="t", x_label="x", y_label="y", unmeasured="not yet")
     assert "<circle" not in svg and '<text class="chart-note"' in svg and "not yet</text>" in svg
+
+
+def test_the_header_says_how_rounds_start_without_contradicting_itself(client, cast):
+    client.force_login(cast.manager)
+
+    def header() -> str:
+        html = client.get(url(cast.project)).content.decode()
+        return re.search(r"<p class=\"muted\" data-loop-state>(.*?)</p>", html, re.S).group(1)
+
+    assert "by hand only (automatic start is off)" in header()
+    round_services.loop_configure(
+        project=cast.project, data={"enabled": True, "policy_model": "tiny-policy"}
+    )
+    on_without_count = header()
+    # Once read as "loop on · rounds start by hand": the switch and the trigger now read as one.
+    assert "loop on" not in on_without_count.lower()
+    assert "by hand only (automatic start is on, but no judgement count is set)" in on_without_count
+    round_services.loop_configure(project=cast.project, data={"trigger_judgements": 25})
+    assert "rounds start by themselves every 25 fresh judgements, or by hand" in header()
+    form = client.get(url(cast.project)).content.decode()
+    assert "Start rounds automatically" in form and "Loop on" not in form

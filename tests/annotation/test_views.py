@@ -495,3 +495,212 @@ def test_a_tampered_time_spent_is_refused_inline(client, cast):
     assert response.status_code == 400
     assert "time_spent_ms: Ensure this value is less than or equal to" in response.content.decode()
     assert not Judgement.objects.exists()
+
+
+# --- members ----------------------------------------------------------------------------------
+
+
+def members_url(project, tail: str = "") -> str:
+    return f"/projects/{project.pk}/members{tail}"
+
+
+def test_members_table_offers_a_role_select_and_a_confirmed_remove_per_member(client, cast):
+    client.force_login(cast.manager)
+    html = client.get(f"/projects/{cast.project.pk}/").content.decode()
+    row = re.search(rf'<tr data-member="{cast.annotator.username}">(.*?)</tr>', html, re.S)
+    assert row, "no row for the annotator"
+    row_html = row.group(1)
+    assert f'action="{members_url(cast.project)}"' in row_html
+    assert '<option value="annotator" selected>' in row_html
+    # Removing asks first, with a disclosure instead of a script, and posts to its own URL.
+    assert '<details class="confirm">' in row_html
+    assert f'action="{members_url(cast.project, "/remove")}"' in row_html
+    assert f"Yes, remove {cast.annotator.username}" in row_html
+
+
+def test_manager_changes_a_role_from_the_table(client, cast):
+    client.force_login(cast.manager)
+    response = client.post(
+        members_url(cast.project),
+        {"username": cast.annotator.username, "role": "reviewer", "existing": "on"},
+        **HTMX,
+    )
+    assert response.status_code == 200
+    assert f"{cast.annotator.username} is now reviewer." in response.content.decode()
+    assert Membership.objects.get(user=cast.annotator, project=cast.project).role == Role.REVIEWER
+    # The table's form changes members only: it never adds back someone who is not one.
+    outsider = client.post(
+        members_url(cast.project),
+        {"username": cast.outsider.username, "role": "manager", "existing": "on"},
+        **HTMX,
+    )
+    assert outsider.status_code == 400
+    assert "is not a member of this project" in outsider.content.decode()
+    assert not Membership.objects.filter(user=cast.outsider, project=cast.project).exists()
+
+
+def test_manager_removes_a_member_whose_leases_return_and_judgements_stay(client, cast):
+    done = services.assignment_lease(annotator=cast.annotator, project=cast.project)
+    services.judgement_submit(
+        assignment=done, data={"choice": "A", "strength": 1}, idempotency_key="r1"
+    )
+    live = services.assignment_lease(annotator=cast.annotator, project=cast.project)
+
+    client.force_login(cast.manager)
+    response = client.post(
+        members_url(cast.project, "/remove"), {"username": cast.annotator.username}, **HTMX
+    )
+    assert response.status_code == 200
+    html = response.content.decode()
+    assert "<html" not in html and 'id="members"' in html
+    assert f"{cast.annotator.username} was removed from the project." in html
+    assert f'data-member="{cast.annotator.username}"' not in html
+    assert not Membership.objects.filter(user=cast.annotator, project=cast.project).exists()
+    live.refresh_from_db()
+    assert live.status != Assignment.Status.LEASED
+    assert Judgement.objects.filter(annotator=cast.annotator, project=cast.project).count() == 1
+    # Removed means removed: the annotate page is closed to them.
+    client.force_login(cast.annotator)
+    assert client.get(f"/projects/{cast.project.pk}/annotate").status_code == 404
+
+
+def test_the_last_manager_cannot_be_removed_and_the_panel_says_why(client, cast):
+    client.force_login(cast.manager)
+    creator = cast.project.created_by.username
+    assert (
+        client.post(members_url(cast.project, "/remove"), {"username": creator}, **HTMX).status_code
+        == 200
+    )
+    refused = client.post(
+        members_url(cast.project, "/remove"), {"username": cast.manager.username}, **HTMX
+    )
+    assert refused.status_code == 409
+    html = refused.content.decode()
+    assert "<html" not in html and 'class="alert"' in html
+    assert Membership.objects.get(user=cast.manager, project=cast.project).role == Role.MANAGER
+
+
+def test_only_managers_remove_and_a_plain_post_redirects_back(client, cast):
+    url = members_url(cast.project, "/remove")
+    client.force_login(cast.annotator)
+    assert client.post(url, {"username": cast.other.username}).status_code == 403
+    assert client.get(url, {"username": cast.other.username}).status_code == 405
+    assert Membership.objects.filter(user=cast.other, project=cast.project).exists()
+
+    client.force_login(cast.manager)
+    response = client.post(url, {"username": cast.other.username})
+    assert response.status_code == 302
+    assert response["Location"] == f"/projects/{cast.project.pk}/"
+    assert not Membership.objects.filter(user=cast.other, project=cast.project).exists()
+
+
+# --- CSRF -------------------------------------------------------------------------------------
+
+
+def test_csrf_is_enforced_and_the_pages_token_is_accepted(cast):
+    from django.test import Client
+
+    client = Client(enforce_csrf_checks=True)
+    client.force_login(cast.annotator)
+    page = client.get(f"/projects/{cast.project.pk}/annotate")
+    assignment = live_assignment(cast.annotator, cast.project)
+    url = f"/projects/{cast.project.pk}/assignments/{assignment.pk}/judgement"
+    data = {"choice": "A", "strength": "2", "idempotency_key": "csrf-1"}
+
+    refused = client.post(url, data, **HTMX)
+    assert refused.status_code == 403
+    assert not Judgement.objects.exists()
+
+    # htmx sends the token the body's hx-headers carries.
+    token = re.search(r"""hx-headers='\{"X-CSRFToken": "([^"]+)"\}'""", page.content.decode())
+    assert token, "no CSRF token in the page's hx-headers"
+    accepted = client.post(url, data, HTTP_X_CSRFTOKEN=token.group(1), **HTMX)
+    assert accepted.status_code == 200
+    assert Judgement.objects.get().payload == {"choice": "A", "strength": 2}
+
+
+# --- one way to write a share, and CSP-clean pages ------------------------------------------------
+
+
+def test_progress_reads_the_same_on_every_page(client, cast):
+    import_tasks(cast.project, 30, start=100)  # 40 judgements wanted
+    assignment = services.assignment_lease(annotator=cast.annotator, project=cast.project)
+    services.judgement_submit(assignment=assignment, data={"choice": "tie"}, idempotency_key="p1")
+    client.force_login(cast.manager)
+    services.membership_set(project=cast.project, username=cast.manager.username, role=Role.MANAGER)
+    home = client.get("/").content.decode()
+    manage = client.get(f"/projects/{cast.project.pk}/").content.decode()
+    client.force_login(cast.annotator)
+    annotate = client.get(f"/projects/{cast.project.pk}/annotate").content.decode()
+    assert "2.5% complete" in home
+    assert "<strong>2.5%</strong> of wanted judgements" in manage
+    assert "Project 2.5% complete" in annotate
+    for html in (home, manage, annotate):
+        assert 'value="2.5" aria-label="Project progress"' in html
+        assert "3%" not in html and "2%" not in html
+
+
+def test_percent_filter_never_rounds_to_a_false_end():
+    from annotation.templatetags.tandem import percent
+
+    assert [percent(v) for v in (0, 0.01, 2.0, 2.5, 33.333, 99.96, 100)] == [
+        "0%", "<0.1%", "2%", "2.5%", "33.3%", "99.9%", "100%"
+    ]  # fmt: skip
+
+
+def test_export_button_names_the_file(client, cast):
+    client.force_login(cast.manager)
+    html = client.get(f"/projects/{cast.project.pk}/").content.decode()
+    assert (
+        f'href="/api/v1/projects/{cast.project.pk}/export?shape=pairs" '
+        f'download="project-{cast.project.pk}-pairs.jsonl"'
+    ) in html
+
+
+INLINE_SCRIPT = re.compile(r"<script(?![^>]*\bsrc=)(?![^>]*type=\"application/json\")[^>]*>", re.I)
+EVENT_HANDLER = re.compile(r"<[^>]+\son[a-z]+\s*=", re.I)
+
+
+def assert_csp_clean(html: str, where: str) -> None:
+    assert not INLINE_SCRIPT.search(html), f"{where}: inline <script>"
+    assert not EVENT_HANDLER.search(html), f"{where}: on*= handler"
+    assert "hx-on" not in html, f"{where}: hx-on (htmx evals it)"
+    assert "javascript:" not in html, f"{where}: javascript: URL"
+    assert " style=" not in html, f"{where}: style attribute"
+
+
+def test_main_pages_have_no_inline_script_handlers_or_styles(client, cast, settings):
+    from annotation.models import TrainingRun
+    from annotation.services import rounds as round_services
+
+    # With DEBUG on, django-htmx adds its debug script: by URL, so it is no exception.
+    settings.DEBUG = True
+    round_services.loop_configure(project=cast.project, data={"policy_model": "tiny-policy"})
+    running = round_services.round_start(project=cast.project)
+    TrainingRun.objects.filter(round=running, stage="reward").update(
+        status="running", attempts=1, progress_step=3, progress_total=10
+    )
+    job = ImportJob.objects.filter(project=cast.project).first()
+    assert_csp_clean(client.get("/accounts/login/").content.decode(), "login")
+    client.force_login(cast.manager)
+    pages = {
+        "home": "/",
+        "project": f"/projects/{cast.project.pk}/",
+        "annotate": f"/projects/{cast.project.pk}/annotate",
+        "loop": f"/projects/{cast.project.pk}/loop",
+        "import detail": f"/imports/{job.pk}",
+        "instructions": f"/projects/{cast.project.pk}/instructions",
+        "new project": "/projects/new",
+    }
+    client.force_login(cast.project.created_by)  # staff, and a manager: every page opens
+    for name, url in pages.items():
+        response = client.get(url)
+        assert response.status_code == 200, name
+        html = response.content.decode()
+        assert "<html" in html, name
+        assert_csp_clean(html, name)
+    loop = client.get(pages["loop"]).content.decode()
+    assert 'data-width="30.0"' in loop  # the running stage's bar gets its width from tandem.js
+    assert (
+        "includeIndicatorStyles&quot;: false" in loop or '"includeIndicatorStyles": false' in loop
+    )

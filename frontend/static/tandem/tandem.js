@@ -1,8 +1,14 @@
 // Keyboard shortcuts of the annotate page, the time spent on a task, and error reporting for htmx.
 // Shortcuts are declared in the HTML (data-key="1", data-key="? i"), so the page's legend and this
 // file can never disagree; this file only knows what to do with each kind of element.
+// The Content-Security-Policy allows no inline script: every behaviour of the pages lives here and
+// reads its data from data-* attributes.
 (() => {
   "use strict";
+
+  // Replies that carry a form with its errors: htmx swaps them into the form's own region (see
+  // responseHandling in base.html's htmx-config) instead of treating them as failures.
+  const FORM_ERROR_STATUSES = [400, 409, 413, 422];
 
   const TYPING = "textarea, select, [contenteditable], input:not([type=radio]):not([type=checkbox]):not([type=hidden]):not([type=submit]):not([type=button])";
   const ACTIVATES_ON_ENTER = "button, a[href], summary, input[type=submit], input[type=button]";
@@ -35,6 +41,11 @@
     if (form) form.requestSubmit();
   }
 
+  // From the moment an annotate request leaves until the task that answers it has settled, keys
+  // do nothing: an Enter pressed while the next task swaps in would otherwise reach a form htmx
+  // has not yet taken over, and the browser would post it as a whole page.
+  let busy = false;
+
   function activate(element) {
     if (element.matches("textarea, input:not([type=radio])")) {
       element.focus();
@@ -50,6 +61,10 @@
   function onKeydown(event) {
     if (!document.body.hasAttribute("data-shortcuts") || event.defaultPrevented || event.isComposing) return;
     if (document.querySelector("dialog[open]")) return; // the dialog closes itself on Esc
+    if (busy) {
+      if (event.key === "Enter" || event.key.length === 1) event.preventDefault();
+      return;
+    }
     const target = event.target instanceof Element ? event.target : document.body;
     const form = taskForm();
 
@@ -97,17 +112,55 @@
   document.addEventListener("submit", (event) => {
     const form = event.target;
     if (!form.matches("[data-task-form]")) return;
+    // With htmx on the page the annotate form never posts natively: a form swapped in a moment ago
+    // and not yet processed by htmx would otherwise navigate away (a full-page POST). htmx's own
+    // listener still sends the request when the form is ready; before that the submit is dropped.
+    if (window.htmx) event.preventDefault();
+    if (busy) return;
     const shownAt = Number(form.dataset.shownAt);
     const input = form.querySelector("input[name=time_spent_ms]");
     if (input && shownAt) input.value = String(Math.round(performance.now() - shownAt));
   }, true);
 
+  const inTaskPanel = (event) => Boolean(event.detail?.elt?.closest?.("#task-panel"));
+  document.addEventListener("htmx:beforeRequest", (event) => {
+    if (inTaskPanel(event)) busy = true;
+  });
+  // A request that ends without a swap (network error, refused) frees the keys at once; one that
+  // swaps frees them when the new task has settled.
+  document.addEventListener("htmx:afterRequest", (event) => {
+    if (inTaskPanel(event) && !event.detail.shouldSwap) busy = false;
+  });
+  document.addEventListener("htmx:responseError", () => { busy = false; });
+  document.addEventListener("htmx:sendError", () => { busy = false; });
+  document.addEventListener("htmx:afterSettle", () => { busy = false; });
+
+  // Capture phase on window: runs before django-htmx's debug script (DEBUG on), which would
+  // otherwise replace the whole page with the form's error reply. Stopping the event here hides
+  // it from that script only; htmx goes on to swap the reply as responseHandling says.
+  window.addEventListener("htmx:beforeOnLoad", (event) => {
+    const status = event.detail?.xhr?.status;
+    if (FORM_ERROR_STATUSES.includes(status)) event.stopPropagation();
+  }, true);
+
+  // Progress bars get their width from a data attribute: the CSP allows no style="" in markup,
+  // but a width set from this script is fine.
+  function sizeBars(root) {
+    const bars = root.querySelectorAll?.("[data-width]") || [];
+    for (const bar of bars) bar.style.width = `${Number(bar.dataset.width) || 0}%`;
+    if (root.matches?.("[data-width]")) root.style.width = `${Number(root.dataset.width) || 0}%`;
+  }
+
   document.addEventListener("DOMContentLoaded", () => {
     stampShown(document);
+    sizeBars(document);
     const form = taskForm();
     if (form) syncStrength(form);
   });
-  document.addEventListener("htmx:load", (event) => stampShown(event.detail.elt));
+  document.addEventListener("htmx:load", (event) => {
+    stampShown(event.detail.elt);
+    sizeBars(event.detail.elt);
+  });
   document.addEventListener("htmx:afterSwap", (event) => {
     if (event.detail.target?.id !== "task-panel") return;
     const panel = document.getElementById("task-panel");
