@@ -2,7 +2,10 @@
 # (vLLM, from pyproject's optional dependencies).
 FROM python:3.11-slim
 
-ENV PYTHONDONTWRITEBYTECODE=1 \
+# Production settings, named: they refuse to start without SECRET_KEY and DJANGO_ALLOWED_HOSTS
+# (and never serve debug pages); `docker run -e SECRET_KEY=... -e DJANGO_ALLOWED_HOSTS=...`.
+ENV DJANGO_SETTINGS_MODULE=webapp.settings.production \
+    PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
@@ -23,7 +26,6 @@ RUN if [ -n "$EXTRAS" ]; then pip install -e ".[${EXTRAS}]"; fi
 # so throwaway values live only in this one build step, never in the image's environment.
 RUN SECRET_KEY=collectstatic-only DJANGO_ALLOWED_HOSTS=localhost \
     CELERY_BROKER_URL=redis://localhost:6379/0 \
-    DJANGO_SETTINGS_MODULE=webapp.settings.production \
     python manage.py collectstatic --noinput -v0
 
 RUN useradd --create-home --uid 1000 tandem \
@@ -32,4 +34,5 @@ RUN useradd --create-home --uid 1000 tandem \
 USER tandem
 
 EXPOSE 8000
-CMD ["gunicorn", "webapp.wsgi", "-b", "0.0.0.0:8000", "-w", "4"]
+# Threaded workers, timeouts and the bind address: webapp/gunicorn_conf.py (GUNICORN_* variables).
+CMD ["gunicorn", "-c", "webapp/gunicorn_conf.py", "webapp.wsgi"]

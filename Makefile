@@ -4,8 +4,12 @@ PY := $(VENV)/bin/python
 PYTHON ?= python3
 HOST ?= 127.0.0.1
 PORT ?= 8000
+# Every target names its settings: manage.py, wsgi and celery fall back to production, which
+# refuses to start without SECRET_KEY and DJANGO_ALLOWED_HOSTS. The demo runs with DEBUG off;
+# `make demo DEMO_SETTINGS=webapp.settings.dev` gives a developer debug pages.
+DEMO_SETTINGS ?= webapp.settings.demo
 
-.PHONY: install demo test lint bench bench-training bench-loop migrate
+.PHONY: install demo demo-passwords test lint bench bench-training bench-loop migrate
 
 install: $(VENV)/.installed
 
@@ -16,31 +20,37 @@ $(VENV)/.installed: requirements.txt requirements-dev.txt pyproject.toml
 	$(VENV)/bin/pip install -q -r requirements-dev.txt
 	touch $@
 
+migrate demo demo-passwords: export DJANGO_SETTINGS_MODULE := $(DEMO_SETTINGS)
+
 migrate: install
 	$(PY) manage.py migrate --noinput
 
 # Embedded defaults: SQLite under var/ and a file-system Celery broker, unless DATABASE_URL /
-# CELERY_BROKER_URL say otherwise. Web and worker run side by side; Ctrl-C stops both.
-# The first run also trains one round of the loop demo on tiny CPU models (DEMO_LOOP=0 skips it).
+# CELERY_BROKER_URL say otherwise. Web and worker run side by side under webapp/run_demo.py;
+# Ctrl-C stops both, once. The first run also trains one round of the loop demo on tiny CPU
+# models (DEMO_LOOP=0 skips it). The users' random passwords are printed on the first run only,
+# just before the server starts (held back while the loop demo trains, so they don't scroll away).
 DEMO_LOOP ?= 1
 
 demo: migrate
-	$(PY) manage.py seed_demo
-	@if [ "$(DEMO_LOOP)" = "1" ]; then $(PY) manage.py seed_demo_loop; fi
-	@echo "Tandem on http://$(HOST):$(PORT)/  (API docs: http://$(HOST):$(PORT)/api/docs/)"
-	@trap 'kill 0' INT TERM EXIT; \
-	$(VENV)/bin/celery -A webapp worker -B -s var/celerybeat-schedule -Q cpu -P solo --loglevel=warning & \
-	$(VENV)/bin/gunicorn webapp.wsgi -b $(HOST):$(PORT) -w 2 --threads 4 --access-logfile - & \
-	wait
+	@banner="$$($(PY) manage.py seed_demo --url http://$(HOST):$(PORT)/)" || { echo "$$banner"; exit 1; }; \
+	if [ "$(DEMO_LOOP)" = "1" ]; then $(PY) manage.py seed_demo_loop || { echo "$$banner"; exit 1; }; fi; \
+	echo "$$banner"
+	@echo "Tandem on http://$(HOST):$(PORT)/  (API docs: http://$(HOST):$(PORT)/api/docs/)  Ctrl-C stops it."
+	@$(PY) -m webapp.run_demo --host $(HOST) --port $(PORT) --settings $(DJANGO_SETTINGS_MODULE)
+
+# New random passwords for the demo users, printed once.
+demo-passwords: migrate
+	$(PY) manage.py seed_demo --reset-passwords --url http://$(HOST):$(PORT)/
 
 test: install
-	$(VENV)/bin/pytest
+	DJANGO_SETTINGS_MODULE=webapp.settings.test $(VENV)/bin/pytest
 
 lint: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
-	$(PY) manage.py makemigrations --check --dry-run
+	DJANGO_SETTINGS_MODULE=webapp.settings.dev $(PY) manage.py makemigrations --check --dry-run
 
 # Each prints its figures and ratios and writes JSON under bench/out/ (see README, Performance).
 bench: install

@@ -3,8 +3,10 @@
 import importlib.util
 import json
 import os
+import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -98,11 +100,46 @@ def test_app_services_wait_for_healthy_stores_and_migrations(config):
         assert env["TANDEM_ARTIFACT_ROOT"] == "/artifacts", name
 
 
-def test_web_runs_gunicorn(config):
+def _gunicorn_conf(env: dict[str, str]) -> dict:
+    """webapp/gunicorn_conf.py's settings as gunicorn reads them, under `env` only."""
+    code = (
+        "import json, runpy; c = runpy.run_path('webapp/gunicorn_conf.py');"
+        "print(json.dumps({k: v for k, v in c.items() if isinstance(v, (str, int))}))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, check=True
+    )
+    return json.loads(out.stdout)
+
+
+def test_web_runs_gunicorn_with_its_config(config):
     web = config["services"]["web"]
-    assert web["command"][:2] == ["gunicorn", "webapp.wsgi"]
-    assert "0.0.0.0:8000" in web["command"]
+    assert web["command"] == ["gunicorn", "-c", "webapp/gunicorn_conf.py", "webapp.wsgi"]
+    # The config's default bind is the port compose publishes.
+    conf = _gunicorn_conf({"PATH": os.environ.get("PATH", "")})
+    assert conf["bind"] == "0.0.0.0:8000"
+    assert conf["worker_class"] == "gthread"
     assert any(p["target"] == 8000 for p in web["ports"])
+
+
+def test_tls_settings_pass_through(tmp_path):
+    env = {**SECRETS, "DJANGO_BEHIND_TLS_PROXY": "1", "DJANGO_HSTS_SECONDS": "600"}
+    result = compose(tmp_path, "config", "--format", "json", env=env)
+    assert result.returncode == 0, result.stderr
+    web = json.loads(result.stdout)["services"]["web"]["environment"]
+    assert web["DJANGO_BEHIND_TLS_PROXY"] == "1"
+    assert web["DJANGO_HSTS_SECONDS"] == "600"
+    assert web["DJANGO_SECURE_COOKIES"] == "1"
+
+
+def test_image_runs_production_settings_and_the_gunicorn_config():
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    # Named in the image, so `docker run` never falls back to anything with DEBUG on.
+    assert re.search(
+        r"^ENV DJANGO_SETTINGS_MODULE=webapp\.settings\.production\b", dockerfile, re.M
+    )
+    assert "webapp.settings.dev" not in dockerfile
+    assert 'CMD ["gunicorn", "-c", "webapp/gunicorn_conf.py", "webapp.wsgi"]' in dockerfile
 
 
 def test_workers_listen_on_their_queues(config):

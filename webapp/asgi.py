@@ -2,5 +2,7 @@ import os
 
 from django.core.asgi import get_asgi_application
 
-os.environ.setdefault("DJANGO_SETTINGS_MODULE", "webapp.settings.dev")
+# Production unless another module is asked for by name: a forgotten variable must never
+# serve debug pages. `make demo` asks for webapp.settings.demo, developers for .dev.
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "webapp.settings.production")
 application = get_asgi_application()

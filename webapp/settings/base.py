@@ -3,9 +3,14 @@
 `DATABASE_URL` and `CELERY_BROKER_URL` switch between the embedded defaults
 (SQLite and a file-system broker under var/, used by `make demo`) and
 Postgres + Redis, with no code change.
+
+Nothing here is a usable settings module on its own: `production` (the default everywhere),
+`demo` (`make demo`: DEBUG off, plain http on 127.0.0.1), `dev` (DEBUG on, asked for by name)
+and `test` build on it.
 """
 
 import os
+import secrets
 from datetime import timedelta
 from pathlib import Path
 
@@ -36,6 +41,7 @@ INSTALLED_APPS = [
     "drf_spectacular_sidecar",
     "django_htmx",
     "template_partials",
+    "csp",
     "annotation",
 ]
 
@@ -48,6 +54,7 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "csp.middleware.CSPMiddleware",
     "django_htmx.middleware.HtmxMiddleware",
 ]
 
@@ -131,10 +138,9 @@ REST_FRAMEWORK = {
         "rest_framework.parsers.FormParser",
         "rest_framework.parsers.MultiPartParser",
     ],
-    "DEFAULT_RENDERER_CLASSES": [
-        "rest_framework.renderers.JSONRenderer",
-        "rest_framework.renderers.BrowsableAPIRenderer",
-    ],
+    # JSON only: the browsable API (forms, every field's choices, raw data) is a developer's tool;
+    # dev.py adds it back when DEBUG is on.
+    "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
     "UNAUTHENTICATED_USER": None,
     # Scoped throttles on the doors an attacker would hammer; each view names its scope.
     "DEFAULT_THROTTLE_CLASSES": ["rest_framework.throttling.ScopedRateThrottle"],
@@ -158,6 +164,13 @@ SPECTACULAR_SETTINGS = {
     "DESCRIPTION": "Online RLHF with humans in the loop: projects, imports, leases, judgements, export.",
     "VERSION": "1.0.0",
     "SERVE_INCLUDE_SCHEMA": False,
+    # Swagger UI and ReDoc from our own static files (drf-spectacular-sidecar), never a CDN: the
+    # docs work offline and the CSP needs no third-party origin.
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
+    # null, not absent: Swagger UI's default sends every schema to validator.swagger.io for a badge.
+    "SWAGGER_UI_SETTINGS": {"deepLinking": True, "validatorUrl": None},
 }
 
 # --- Celery -----------------------------------------------------------------
@@ -171,6 +184,8 @@ if CELERY_BROKER_URL.startswith("filesystem://"):
         "data_folder_in": str(_broker_dir / "queue"),
         "data_folder_out": str(_broker_dir / "queue"),
         "processed_folder": str(_broker_dir / "processed"),
+        # kombu's default is "control" relative to the working directory: the checkout's root.
+        "control_folder": str(_broker_dir / "control"),
         "store_processed": False,
     }
 CELERY_TASK_IGNORE_RESULT = True
@@ -229,6 +244,49 @@ REST_KNOX = {
     "AUTO_REFRESH": False,  # no write on each authenticated request
     "AUTH_HEADER_PREFIX": "Token",
 }
+
+# --- Security headers ------------------------------------------------------------
+# Django's own defaults, stated so that a reader (and `check --deploy`) sees them.
+SECURE_CONTENT_TYPE_NOSNIFF = True
+SECURE_REFERRER_POLICY = "same-origin"
+SECURE_CROSS_ORIGIN_OPENER_POLICY = "same-origin"
+X_FRAME_OPTIONS = "DENY"
+# django-csp 4: no inline script, no inline style, no eval. The templates load tandem.js, tandem.css
+# and htmx from our static files (htmx with allowEval off and includeIndicatorStyles off, its
+# indicator rules live in tandem.css); Swagger UI loads its init script from a URL of its own and
+# its page's <style> is allowed by hash (webapp/urls.py). Blocked and harmless: the admin change
+# list's one-rule <style> for a model without actions.
+CONTENT_SECURITY_POLICY = {
+    "DIRECTIVES": {
+        "default-src": ["'self'"],
+        "script-src": ["'self'"],
+        "style-src": ["'self'"],
+        "img-src": ["'self'", "data:"],
+        "font-src": ["'self'"],
+        "connect-src": ["'self'"],
+        "object-src": ["'none'"],
+        "base-uri": ["'none'"],
+        "frame-ancestors": ["'none'"],
+        "form-action": ["'self'"],
+    }
+}
+
+
+def local_secret_key(var_dir: Path) -> str:
+    """A per-checkout random key kept under var/ (dev and demo): never a default shared by installs."""
+    path = var_dir / "secret_key"
+    if not path.exists():
+        var_dir.mkdir(parents=True, exist_ok=True)
+        # Created readable by its owner only: it signs sessions and password-reset links.
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:  # another process of this checkout made it just now
+            pass
+        else:
+            with os.fdopen(fd, "w") as f:
+                f.write(secrets.token_urlsafe(50))
+    return path.read_text().strip()
+
 
 LOGGING = {
     "version": 1,

@@ -1,21 +1,20 @@
-"""Local development and `make demo`: embedded SQLite + file-system broker unless the environment says otherwise."""
+"""Development, asked for by name (`DJANGO_SETTINGS_MODULE=webapp.settings.dev`): DEBUG on.
+
+Debug pages list every URL pattern and setting and the browsable API is on, so this module is
+never a default: `manage.py`, wsgi, asgi and celery fall back to production, `make demo` runs
+`webapp.settings.demo` (DEBUG off).
+"""
 
 import os
-import secrets
 
 from .base import *  # noqa: F403
-from .base import VAR_DIR
+from .base import REST_FRAMEWORK, VAR_DIR, local_secret_key
 
 DEBUG = os.environ.get("DJANGO_DEBUG", "1") == "1"
+SECRET_KEY = os.environ.get("SECRET_KEY") or local_secret_key(VAR_DIR)
 
-
-def _local_secret() -> str:
-    # A per-checkout random key kept under var/: never a default shared by installs.
-    path = VAR_DIR / "secret_key"
-    if not path.exists():
-        VAR_DIR.mkdir(parents=True, exist_ok=True)
-        path.write_text(secrets.token_urlsafe(50))
-    return path.read_text().strip()
-
-
-SECRET_KEY = os.environ.get("SECRET_KEY") or _local_secret()
+if DEBUG:
+    REST_FRAMEWORK["DEFAULT_RENDERER_CLASSES"] = [
+        "rest_framework.renderers.JSONRenderer",
+        "rest_framework.renderers.BrowsableAPIRenderer",
+    ]

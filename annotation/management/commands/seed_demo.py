@@ -2,8 +2,13 @@
 
 Idempotent: a second run finds what the first made and changes nothing. Everything is written
 through `annotation.services`, like any other client of the core.
+
+Passwords are random, drawn when a user is created and printed that once: a demo left reachable
+on a network must not open to a password anyone can read in this file. `--reset-passwords` draws
+and prints new ones.
 """
 
+import secrets
 from pathlib import Path
 
 from django.contrib.auth import get_user_model
@@ -17,13 +22,18 @@ from annotation.models import FeedbackKind, ImportJob, Project, Role
 FIXTURE = Path(__file__).resolve().parents[2] / "fixtures" / "demo_tasks.jsonl"
 DEFAULT_PROJECT_NAME = "Demo: helpful answers"
 
-# Demo-only credentials, printed on every run: never reuse them on a server others can reach.
 DEMO_USERS = (
-    # username, password, is_staff, role in the demo project (None: its creator, a manager)
-    ("admin", "tandem-admin-demo", True, None),
-    ("ann1", "tandem-ann1-demo", False, Role.ANNOTATOR),
-    ("ann2", "tandem-ann2-demo", False, Role.ANNOTATOR),
+    # username, is_staff, role in the demo project (None: its creator, a manager)
+    ("admin", True, None),
+    ("ann1", False, Role.ANNOTATOR),
+    ("ann2", False, Role.ANNOTATOR),
 )
+
+
+def demo_password() -> str:
+    # 96 random bits, URL-safe, short enough to type from the banner.
+    return secrets.token_urlsafe(12)
+
 
 INSTRUCTIONS = """\
 ## Which answer is better?
@@ -66,14 +76,17 @@ Add a short rationale whenever the call was hard: it helps reviewers and the nex
 
 
 class Command(BaseCommand):
-    help = "Creates demo users, a pairwise project and its tasks (idempotent; demo passwords)."
+    help = (
+        "Creates demo users (random passwords, printed once), a pairwise project and its tasks "
+        "(idempotent)."
+    )
 
     def add_arguments(self, parser):
         parser.add_argument("--project-name", default=DEFAULT_PROJECT_NAME)
         parser.add_argument(
             "--reset-passwords",
             action="store_true",
-            help="Set the demo passwords again on demo users that already exist.",
+            help="Give the demo users that already exist new random passwords (printed).",
         )
         parser.add_argument(
             "--url", default="http://127.0.0.1:8000/", help="Where the demo is served."
@@ -82,8 +95,8 @@ class Command(BaseCommand):
     def handle(self, *args, project_name: str, reset_passwords: bool, url: str, **options):
         with transaction.atomic():
             users = {
-                username: self._user(username, password, is_staff, reset=reset_passwords)
-                for username, password, is_staff, _ in DEMO_USERS
+                username: self._user(username, is_staff, reset=reset_passwords)
+                for username, is_staff, _ in DEMO_USERS
             }
             admin = users["admin"][0]
             if not admin.is_superuser:
@@ -103,7 +116,7 @@ class Command(BaseCommand):
                     instructions=INSTRUCTIONS,
                 )
                 self.stdout.write(f"Created project '{project.name}'.")
-            for username, _, _, role in DEMO_USERS:
+            for username, _, role in DEMO_USERS:
                 if (
                     role is not None
                     and not project.memberships.filter(user__username=username, role=role).exists()
@@ -117,19 +130,20 @@ class Command(BaseCommand):
         self._banner(url, project, users)
 
     def _user(
-        self, username: str, password: str, is_staff: bool, *, reset: bool
-    ) -> tuple[AbstractUser, bool]:
-        """Returns (user, whether the demo password is its password now)."""
+        self, username: str, is_staff: bool, *, reset: bool
+    ) -> tuple[AbstractUser, str | None]:
+        """Returns (user, the password it was given now, or None when it keeps its own)."""
         user = get_user_model().objects.filter(username=username).first()
+        password = demo_password()
         if user is None:
             return services.user_create(
                 username=username, password=password, is_staff=is_staff
-            ), True
+            ), password
         if reset:
             user.set_password(password)
             user.save(update_fields=["password"])
-            return user, True
-        return user, user.check_password(password)
+            return user, password
+        return user, None
 
     def _import(self, project: Project, admin: AbstractUser) -> int:
         with FIXTURE.open("rb") as stream:
@@ -158,17 +172,16 @@ class Command(BaseCommand):
             "",
             "  user    password",
         ]
-        for username, password, _, _ in DEMO_USERS:
-            if users[username][1]:
-                lines.append(f"  {username:<7} {password}")
-            else:
-                lines.append(f"  {username:<7} (changed by you; left as it is)")
-        lines += [
-            "",
-            "Demo-only passwords: change them before anyone else can reach this server.",
-        ]
-        if not all(current for _, current in users.values()):
-            lines.append("Run with --reset-passwords to restore the demo passwords.")
+        for username, _, _ in DEMO_USERS:
+            password = users[username][1]
+            lines.append(f"  {username:<7} {password or '(unchanged: shown only when it was set)'}")
+        lines.append("")
+        if any(password for _, password in users.values()):
+            lines.append("Passwords are shown this once: note them now.")
+        if not all(password for _, password in users.values()):
+            lines.append(
+                "Forgot one? `make demo-passwords` (seed_demo --reset-passwords) draws new ones."
+            )
         width = max(len(line) for line in lines)
         rule = "+" + "-" * (width + 2) + "+"
         self.stdout.write(rule)

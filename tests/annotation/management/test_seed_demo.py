@@ -1,10 +1,13 @@
+import re
 from io import StringIO
+from pathlib import Path
 
 import pytest
 from django.contrib.auth import get_user_model
 from django.core.management import call_command
 
 from annotation import services
+from annotation.management.commands import seed_demo as seed_demo_module
 from annotation.management.commands.seed_demo import DEFAULT_PROJECT_NAME, DEMO_USERS
 from annotation.models import (
     FeedbackKind,
@@ -19,13 +22,24 @@ from annotation.models import (
 )
 
 pytestmark = pytest.mark.django_db
-PASSWORDS = {username: password for username, password, _, _ in DEMO_USERS}
+USERNAMES = [username for username, _, _ in DEMO_USERS]
 
 
 def seed(*args: str) -> str:
     out = StringIO()
     call_command("seed_demo", *args, stdout=out)
     return out.getvalue()
+
+
+def printed_passwords(out: str) -> dict[str, str]:
+    """The banner's rows under `user    password` that show a password."""
+    table = out[out.index("user    password") :]
+    found = {}
+    for username in USERNAMES:
+        match = re.search(rf"^\|\s+{username}\s+(\S+)", table, re.MULTILINE)
+        if match and not match.group(1).startswith("("):
+            found[username] = match.group(1)
+    return found
 
 
 def counts() -> dict[str, int]:
@@ -59,19 +73,49 @@ def test_seeds_users_project_and_tasks():
     for username in ("ann1", "ann2"):
         annotator = User.objects.get(username=username)
         assert not annotator.is_staff and not annotator.is_superuser
-    for username, password in PASSWORDS.items():
+    passwords = printed_passwords(out)
+    assert set(passwords) == set(USERNAMES)
+    for username, password in passwords.items():
         assert User.objects.get(username=username).check_password(password)
-        assert f"{username:<7} {password}" in out
+        assert len(password) >= 16
+    assert len(set(passwords.values())) == len(passwords)
     assert "http://127.0.0.1:8000/" in out
 
 
-def test_second_run_changes_nothing():
-    seed()
+def test_second_run_changes_nothing_and_prints_no_password():
+    first = printed_passwords(seed())
     before = counts()
     out = seed()
     assert counts() == before
     assert "Imported" not in out
-    assert "tandem-ann1-demo" in out
+    # Printed once: the second banner shows none, and the first ones still work.
+    assert printed_passwords(out) == {}
+    for password in first.values():
+        assert password not in out
+    User = get_user_model()
+    for username, password in first.items():
+        assert User.objects.get(username=username).check_password(password)
+
+
+def test_passwords_are_random_per_install():
+    first = printed_passwords(seed())
+    # Back to an empty database, as on another install.
+    ImportJob.objects.all().delete()
+    Project.objects.all().delete()
+    get_user_model().objects.all().delete()
+    assert sum(counts().values()) == 0
+    second = printed_passwords(seed())
+    assert set(first) == set(second) == set(USERNAMES)
+    for username in USERNAMES:
+        assert first[username] != second[username]
+
+
+def test_no_password_constant_in_the_source():
+    source = Path(seed_demo_module.__file__).read_text()
+    # The old constants, and any quoted string handed to a password argument.
+    assert '-demo"' not in source
+    assert not re.search(r"password\s*=\s*[\"']", source)
+    assert not re.search(r"set_password\(\s*[\"']", source)
 
 
 def test_both_annotators_can_lease_the_same_task():
@@ -87,7 +131,7 @@ def test_both_annotators_can_lease_the_same_task():
 
 
 def test_changed_password_is_kept_unless_reset():
-    seed()
+    first = printed_passwords(seed())
     ann1 = get_user_model().objects.get(username="ann1")
     ann1.set_password("my-own-password-1")
     ann1.save()
@@ -95,11 +139,14 @@ def test_changed_password_is_kept_unless_reset():
     out = seed()
     ann1.refresh_from_db()
     assert ann1.check_password("my-own-password-1")
-    assert "tandem-ann1-demo" not in out
+    assert printed_passwords(out) == {}
 
-    seed("--reset-passwords")
+    reset = printed_passwords(seed("--reset-passwords"))
+    assert set(reset) == set(USERNAMES)
     ann1.refresh_from_db()
-    assert ann1.check_password(PASSWORDS["ann1"])
+    assert ann1.check_password(reset["ann1"])
+    assert not ann1.check_password("my-own-password-1")
+    assert reset["admin"] != first["admin"]
 
 
 def test_another_project_name_reuses_the_users():
