@@ -1,8 +1,8 @@
-"""/api/v1 export: streamed, incremental, TRL-ready."""
+"""/api/v1 export: streamed, incremental, TRL-ready, resumable from any line."""
 
 from django.http import StreamingHttpResponse
 from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import OpenApiParameter, extend_schema
+from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
 from rest_framework.views import APIView
 
 from .. import selectors
@@ -14,22 +14,47 @@ class ExportApi(APIView):
         parameters=[
             OpenApiParameter("shape", str, enum=list(SHAPES), default="pairs"),
             OpenApiParameter(
-                "since", str, description="The X-Export-Cursor of the previous export."
+                "since",
+                str,
+                description="The `cursor` of the last complete line you received (or the "
+                "X-Export-Since header when no complete line arrived); empty for everything.",
+            ),
+            OpenApiParameter(
+                "X-Export-Since",
+                str,
+                OpenApiParameter.HEADER,
+                response=[200],
+                description="Where this export started: resume from here if no complete line arrived.",
             ),
         ],
-        responses={(200, "application/x-ndjson"): OpenApiTypes.STR},
-        description="Streams one JSON object a line; the X-Export-Cursor header is the `since` of the next call.",
+        responses={
+            (200, "application/x-ndjson"): OpenApiResponse(
+                OpenApiTypes.STR,
+                description="One JSON object a line, each with its own `cursor`.",
+            )
+        },
+        description=(
+            "Streams one JSON object a line. Every line carries `cursor`, its resume point: pass "
+            "the last complete line's `cursor` as `since` and the next export starts exactly after "
+            "it, so a cut body loses nothing. X-Export-Since echoes where this export started (the "
+            "resume point when no complete line arrived). Caught up when an export that ended "
+            "cleanly has no lines."
+        ),
     )
     def get(self, request, project_id: int):
         project, _ = selectors.access_project(
             user=request.user, project_id=project_id, roles=selectors.EXPORT
         )
+        shape = request.query_params.get("shape", "pairs")
         export = export_judgements(
-            project=project,
-            shape=request.query_params.get("shape", "pairs"),
-            since=request.query_params.get("since"),
+            project=project, shape=shape, since=request.query_params.get("since")
         )
         response = StreamingHttpResponse(export.blocks, content_type="application/x-ndjson")
-        response["X-Export-Cursor"] = export.cursor
+        # Only where the export started goes ahead of the body: where it ends is told by the last
+        # line that actually arrived, so no header can make a client skip rows a cut body lost.
+        response["X-Export-Since"] = export.since
+        response["Content-Disposition"] = (
+            f'attachment; filename="project-{project.pk}-{shape}.jsonl"'
+        )
         response["Cache-Control"] = "no-store"
         return response

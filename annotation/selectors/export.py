@@ -3,9 +3,14 @@
 Exactly-once across successive exports, even while annotators keep submitting: rows are read in
 (commit_seq, id) order, where commit_seq is the inserting transaction's id on Postgres, and only up
 to the oldest transaction still running when the export starts (pg_snapshot_xmin). Any judgement
-that commits later has a transaction id at or above that horizon, so it is picked up by the next
-export and never skipped. The cursor is fixed before the first byte is sent, so it can travel in a
-response header, and rows are fetched in keyset-paged chunks, so memory stays flat.
+that commits later has a transaction id at or above that horizon, so it sorts after every row this
+export sends and is picked up by the next one, never skipped.
+
+Every line carries its own `cursor` (its (commit_seq, id) position), so a body cut short by a
+dropped connection or a killed worker resumes exactly after its last complete line: resuming from
+any line's cursor yields exactly the lines after it. Nothing about the end of an export is sent
+ahead of the body (a header that promised "everything up to here" would be wrong whenever the body
+is cut). Rows are fetched in keyset-paged chunks, so memory stays flat.
 """
 
 import hashlib
@@ -47,7 +52,7 @@ class Position:
             return cls(int(seq), int(pk))
         except ValueError:
             raise InvalidInput(
-                "since: not a cursor this server issued (use the X-Export-Cursor header of a previous export)",
+                "since: not a cursor this server issued (use the `cursor` of the last line you received)",
                 errors=[{"field": "since", "message": "invalid cursor"}],
             ) from None
 
@@ -58,19 +63,25 @@ class Position:
         return Q(commit_seq__lt=self.commit_seq) | Q(commit_seq=self.commit_seq, id__lte=self.id)
 
 
-def _pseudonym_salt() -> str:
+def _pseudonym_salt(project_id: int) -> str:
+    # Keyed by the project too, so one person's pseudonyms differ between projects and two
+    # projects' exports cannot be joined on them.
     return hmac.new(
-        settings.SECRET_KEY.encode(), b"tandem-annotator-pseudonym", hashlib.sha256
+        settings.SECRET_KEY.encode(),
+        f"tandem-annotator-pseudonym:{project_id}".encode(),
+        hashlib.sha256,
     ).hexdigest()
 
 
-def annotator_pseudonym(user_id: int) -> str:
-    """A stable per-install pseudonym, so exports never carry usernames.
+def annotator_pseudonym(*, project_id: int, user_id: int) -> str:
+    """A pseudonym stable within one project, so exports never carry usernames.
 
-    md5 over a salt derived from SECRET_KEY, because Postgres computes the same value inside the
-    export query without an extension; without the secret the ids cannot be recovered.
+    md5 over a per-project salt derived from SECRET_KEY (HMAC-SHA256), because Postgres computes the
+    same value inside the export query without an extension; without the secret neither the user
+    ids nor the link between projects can be recovered.
     """
-    return f"a-{hashlib.md5((_pseudonym_salt() + str(user_id)).encode()).hexdigest()[:8]}"
+    salt = _pseudonym_salt(project_id)
+    return f"a-{hashlib.md5((salt + str(user_id)).encode()).hexdigest()[:8]}"
 
 
 def _of(project: Project, prompt_split: str | None):
@@ -91,8 +102,15 @@ def _settled(project: Project, prompt_split: str | None = None):
 
 @dataclass
 class Export:
-    """The cursor to pass next time, and the rows as newline-terminated JSON in blocks."""
+    """The rows as newline-terminated JSON in blocks, each row with its own `cursor`.
 
+    `since` is where this export starts (the normalised `since` it was given): a reader that got no
+    complete line resumes from it. `cursor` is the position of the last row the export will read;
+    only an in-process caller that consumes every block may pass it on as the next `since` (the
+    HTTP API never sends it, as a cut body would make it skip rows).
+    """
+
+    since: str
     cursor: str
     blocks: Iterator[str]
 
@@ -134,7 +152,10 @@ def export_judgements(
     chunk: int | None = None,
     prompt_split: str | None = None,
 ) -> Export:
-    """Judgements of the project after `since`, as TRL-ready rows, and the cursor to pass next time.
+    """Judgements of the project after `since`, as TRL-ready rows each carrying its `cursor`.
+
+    Passing any row's `cursor` as `since` yields exactly the rows after that row, so a reader cut
+    short resumes from its last complete row and sees every judgement once.
 
     `until` (a cursor an earlier export returned) stops the export there, so the rows are exactly
     those between two earlier exports; the returned cursor is then at most `until`.
@@ -156,19 +177,21 @@ def export_judgements(
         settled = settled.filter(Position.decode(until).up_to())
     last = settled.order_by("-commit_seq", "-id").values_list("commit_seq", "id").first()
     if last is None:
-        return Export(cursor=start.encode(), blocks=iter(()))
+        return Export(since=start.encode(), cursor=start.encode(), blocks=iter(()))
     end = Position(*last)
     chunk = chunk or settings.TANDEM_EXPORT_CHUNK
     if connection.vendor == "postgresql":
         blocks = _sql_blocks(project, shape, start, end, chunk, prompt_split)
     else:
         blocks = _python_blocks(project, shape, start, end, chunk, prompt_split)
-    return Export(cursor=end.encode(), blocks=blocks)
+    return Export(since=start.encode(), cursor=end.encode(), blocks=blocks)
 
 
 # On Postgres each line is built by the database in the same keyset-paged query that finds it,
 # so Python only joins text: that is what lets one worker stream tens of thousands of rows a second.
 _ANNOTATOR_SQL = "'a-' || left(md5(%(salt)s || j.annotator_id::text), 8)"
+# Position.encode, in SQL: each line names its own resume point.
+_CURSOR_SQL = f"'{_CURSOR_PREFIX}.' || j.commit_seq::text || '.' || j.id::text"
 # One keyset page of the export, after `since` and up to the cursor fixed when it started.
 _PAGE_SQL = """  AND (j.commit_seq, j.id) > (%(seq)s, %(id)s) AND (j.commit_seq, j.id) <= (%(end_seq)s, %(end_id)s)
   AND (%(split)s::text IS NULL OR p.split = %(split)s::text)
@@ -191,7 +214,8 @@ SELECT j.commit_seq, j.id,
     || '],"annotator":"' || {_ANNOTATOR_SQL}
     || '","agreement":'
     || round(COALESCE((t.answer_counts ->> j.answer)::numeric, 0) / GREATEST(t.judgement_count, 1), 4)::text
-    || ',"round":' || t.round::text || '}}'
+    || ',"round":' || t.round::text
+    || ',"cursor":"' || {_CURSOR_SQL} || '"}}'
 FROM annotation_judgement j
 JOIN annotation_task t ON t.id = j.task_id
 JOIN annotation_prompt p ON p.id = t.prompt_id
@@ -218,7 +242,8 @@ SELECT j.commit_seq, j.id, json_build_object(
     'time_spent_ms', j.time_spent_ms,
     'late', j.late,
     'round', t.round,
-    'created_at', to_char(j.created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"+00:00"')
+    'created_at', to_char(j.created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"+00:00"'),
+    'cursor', {_CURSOR_SQL}
 )::text
 FROM annotation_judgement j
 JOIN annotation_task t ON t.id = j.task_id
@@ -241,7 +266,7 @@ def _sql_blocks(
     sql = _PAIR_SQL if shape == "pairs" else _RAW_SQL
     params = {
         "project": project.pk,
-        "salt": _pseudonym_salt(),
+        "salt": _pseudonym_salt(project.pk),
         "end_seq": end.commit_seq,
         "end_id": end.id,
         "split": prompt_split,
@@ -304,7 +329,7 @@ def _batches(
             annotator = pseudonyms.get(record["annotator_id"])
             if annotator is None:
                 annotator = pseudonyms[record["annotator_id"]] = annotator_pseudonym(
-                    record["annotator_id"]
+                    project_id=project.pk, user_id=record["annotator_id"]
                 )
             shown = responses.get(record["task_id"], [])
             if shape == "raw":
@@ -348,6 +373,7 @@ def _pair_row(
         "annotator": annotator,
         "agreement": round(agreement, 4),
         "round": record["task__round"],
+        "cursor": Position(record["commit_seq"], record["id"]).encode(),
     }
 
 
@@ -366,4 +392,5 @@ def _raw_row(record: dict[str, Any], shown: list[dict[str, Any]], annotator: str
         "late": record["late"],
         "round": record["task__round"],
         "created_at": record["created_at"].astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f+00:00"),
+        "cursor": Position(record["commit_seq"], record["id"]).encode(),
     }

@@ -50,8 +50,8 @@ def test_lease_judge_export_round_trip(cast, api):
     assert row["judgement_ids"] == [first.json()["id"]]
     assert row["prompt"] == body["task"]["prompt"]
 
-    cursor = exported["X-Export-Cursor"]
+    cursor = row["cursor"]
     wait_for_export_horizon()
     empty = api(cast.trainer).get(f"/api/v1/projects/{cast.project.pk}/export?since={cursor}")
     assert b"".join(empty.streaming_content) == b""
-    assert empty["X-Export-Cursor"] == cursor
+    assert empty["X-Export-Since"] == cursor

@@ -27,12 +27,17 @@ def test_pairs_export_trains_dpo_for_two_steps(cast, api, tmp_path):
     wait_for_export_horizon()
     response = api(cast.trainer).get(f"/api/v1/projects/{cast.project.pk}/export?shape=pairs")
     assert response.status_code == 200
+    assert response["Content-Disposition"] == (
+        f'attachment; filename="project-{cast.project.pk}-pairs.jsonl"'
+    )
     path = tmp_path / "pairs.jsonl"
     path.write_bytes(b"".join(response.streaming_content))
 
     dataset = datasets.load_dataset("json", data_files=str(path), split="train")
     assert len(dataset) == 8
     assert dataset[0]["chosen"][0]["role"] == "assistant"
+    # Every line carries its resume point, and that extra column is no obstacle to TRL.
+    assert all(cursor.startswith("c1.") for cursor in dataset["cursor"])
 
     corpus = [
         m["content"] for row in dataset for m in row["prompt"] + row["chosen"] + row["rejected"]
