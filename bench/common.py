@@ -7,6 +7,7 @@ Everything here targets 127.0.0.1 only. The only database ever dropped is the be
 
 from __future__ import annotations
 
+import argparse
 import http.client
 import json
 import os
@@ -15,9 +16,11 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Sequence
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +30,8 @@ REPO = Path(__file__).resolve().parents[1]
 VENV_BIN = Path(sys.executable).parent
 PG_ADMIN_URL = os.environ.get("BENCH_PG_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 BENCH_DB = os.environ.get("BENCH_DB", "tandem_bench")
+# The Redis database the web benches' Celery worker uses; it is flushed before each run.
+BENCH_BROKER = os.environ.get("BENCH_BROKER", "redis://127.0.0.1:6379/13")
 HOST = "127.0.0.1"
 PASSWORD = "bench-horse-battery-staple"
 
@@ -272,6 +277,67 @@ def proc_status(pid: int) -> dict[str, int]:
     return out
 
 
+class CeleryWorker:
+    """`celery -A webapp worker` (solo pool) on the bench's own Redis database, as production runs
+    imports and rounds; in its own process group so stopping it reaches nothing else."""
+
+    def __init__(
+        self,
+        *,
+        env: dict[str, str],
+        queues: str = "cpu",
+        beat_schedule: Path | None = None,
+        log_path: Path | None = None,
+    ):
+        self.env = env
+        self.queues = queues
+        self.beat_schedule = beat_schedule
+        self.log_path = log_path or (REPO / "bench" / "out" / f"celery-{os.getpid()}.log")
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> CeleryWorker:
+        broker = self.env.get("CELERY_BROKER_URL", "")
+        if not broker.startswith("redis://"):
+            raise SystemExit(f"bench workers need a Redis broker, not {broker!r}")
+        import redis
+
+        # Only the bench's own Redis database: leftovers of an earlier run would be run again.
+        redis.Redis.from_url(broker).flushdb()
+        cmd = [str(VENV_BIN / "celery"), "-A", "webapp", "worker", "-Q", self.queues]
+        cmd += ["-P", "solo", "--loglevel=INFO", "--without-gossip", "--without-mingle"]
+        if self.beat_schedule:
+            cmd += ["-B", "-s", str(self.beat_schedule)]
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        log = self.log_path.open("wb")
+        self.proc = subprocess.Popen(
+            cmd,
+            cwd=REPO,
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        return self
+
+    def stop(self) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        try:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            self.proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(timeout=5)
+        except ProcessLookupError:
+            pass
+
+    def __enter__(self) -> CeleryWorker:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
 # --- HTTP client -----------------------------------------------------------------------------
 
 
@@ -428,9 +494,28 @@ def write_json(path: Path, data: Any) -> None:
 
 
 def machine() -> dict[str, Any]:
-    with pg_connect("postgres") as conn:
-        pg = conn.execute("SHOW server_version").fetchone()[0]
-    return {"cpus": os.cpu_count(), "python": sys.version.split()[0], "postgres": pg}
+    """Cores, CPU model, memory, Python and Postgres versions (None where there is no Postgres:
+    the training benches do not need one)."""
+    try:
+        with pg_connect("postgres", connect_timeout=3) as conn:
+            pg = conn.execute("SHOW server_version").fetchone()[0]
+    except psycopg.Error:
+        pg = None
+    info: dict[str, Any] = {
+        "cpus": os.cpu_count(),
+        "python": sys.version.split()[0],
+        "postgres": pg,
+    }
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                info["cpu_model"] = line.split(":", 1)[1].strip()
+                break
+        mem_kb = int(Path("/proc/meminfo").read_text().split()[1])
+        info["memory_gib"] = round(mem_kb / 1024**2, 1)
+    except (OSError, ValueError, IndexError):
+        pass
+    return info
 
 
 # --- who used the CPU ------------------------------------------------------------------------
@@ -465,9 +550,11 @@ class CpuMeter:
     Postgres backends of the bench database, and everything else (other people's work on a
     shared box). Figures are in cores (1.0 = one core busy all the time)."""
 
-    def __init__(self, server_pid: int | None, db: str = BENCH_DB):
+    def __init__(self, server_pid: int | None, db: str = BENCH_DB, worker_pid: int | None = None):
         self.server_pid = server_pid
         self.db = db
+        # A Celery worker (its solo pool is the process itself), e.g. the one running an import job.
+        self.worker_pid = worker_pid
 
     def __enter__(self) -> CpuMeter:
         self.t0 = time.monotonic()
@@ -482,12 +569,16 @@ class CpuMeter:
         wall = time.monotonic() - self.t0
         me = os.getpid()
         groups = {"bench_client": 0, "gunicorn": 0, "postgres_bench": 0, "other": 0}
+        if self.worker_pid:
+            groups["celery_worker"] = 0
         for pid, (ticks, cmd, ppid) in procs1.items():
             delta = ticks - self.procs0.get(pid, (0, "", 0))[0]
             if delta <= 0:
                 continue
             if pid == me:
                 groups["bench_client"] += delta
+            elif self.worker_pid and (pid == self.worker_pid or ppid == self.worker_pid):
+                groups["celery_worker"] += delta
             elif self.server_pid and (pid == self.server_pid or ppid == self.server_pid):
                 groups["gunicorn"] += delta
             elif cmd.startswith("postgres:") and f" {self.db} " in cmd:
@@ -508,3 +599,264 @@ class CpuMeter:
 def signal_alarm_left(seconds: float) -> None:
     """Re-arms SIGALRM (an inner deadline_guard disarms it on exit) for the outer cap's remainder."""
     signal.alarm(max(1, int(seconds)))
+
+
+# --- provenance: which commit, which machine, how idle, which command -------------------------
+
+RESULTS = REPO / "bench" / "results"
+
+
+def git_commit() -> dict[str, Any]:
+    """HEAD and whether the tree differs from it (bench/results/ and bench/out/ do not count:
+    a run that saves its own result must not make the next bench of the same run 'dirty')."""
+
+    def git(*args: str) -> str:
+        return subprocess.run(
+            ["git", *args], cwd=REPO, capture_output=True, text=True, check=True
+        ).stdout
+
+    try:
+        sha = git("rev-parse", "HEAD").strip()
+        changed = [
+            line[3:]
+            for line in git(
+                "status", "--porcelain", "--", ".", ":!bench/results", ":!bench/out"
+            ).splitlines()
+            if line.strip()
+        ]
+    except (OSError, subprocess.CalledProcessError):
+        return {"sha": None, "dirty": None, "changed": []}
+    return {
+        "sha": sha,
+        "dirty": bool(changed),
+        "changed_count": len(changed),
+        "changed": changed[:20],
+    }
+
+
+def _proc_ticks(pid: int) -> tuple[int, int, str, int]:
+    """(utime+stime, cutime+cstime, command line, parent pid) of one process."""
+    head, _, rest = Path(f"/proc/{pid}/stat").read_text().rpartition(")")
+    fields = rest.split()
+    cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    return (
+        int(fields[11]) + int(fields[12]),
+        int(fields[13]) + int(fields[14]),
+        cmd or head,
+        int(fields[1]),
+    )
+
+
+def _cpu_line() -> tuple[int, int]:
+    """(idle ticks, total ticks) of all CPUs since boot."""
+    parts = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    return parts[3] + parts[4], sum(parts)
+
+
+class RunMeter:
+    """How much of the machine was left to this bench over a whole run.
+
+    The bench's own CPU is this process and every descendant it has reaped (cutime), plus the
+    descendants still alive at the end and the Postgres backends of the bench database, which a
+    background thread samples every `every` seconds. Everything else that kept the CPUs busy is
+    other people's work: `idle_share` = 1 - others_share is the share of the CPUs other processes
+    left idle, the figure to read before trusting a timing. Short-lived processes the sampler
+    misses count as others, so `others_share` errs on the high side.
+    """
+
+    def __init__(self, db: str | None = None, every: float = 0.5):
+        self.db = db
+        self.every = every
+        # pid -> (ticks when first seen, ticks when last seen, "pg" | "child" | "")
+        self._seen: dict[int, tuple[int, int, str]] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+
+    def _kind(self, ppid: int, cmd: str, parents: dict[int, int]) -> str:
+        if self.db and cmd.startswith("postgres:") and f" {self.db} " in cmd:
+            return "pg"
+        for _ in range(64):
+            if ppid <= 1:
+                break
+            if ppid == self.me:
+                return "child"
+            ppid = parents.get(ppid, 0)
+        return ""
+
+    def _sample(self, *, baseline: bool = False) -> None:
+        rows: dict[int, tuple[int, str, int]] = {}
+        for entry in Path("/proc").iterdir():
+            if entry.name.isdigit():
+                try:
+                    ticks, _, cmd, ppid = _proc_ticks(int(entry.name))
+                except (OSError, IndexError, ValueError):
+                    continue
+                rows[int(entry.name)] = (ticks, cmd, ppid)
+        parents = {pid: ppid for pid, (_, _, ppid) in rows.items()}
+        for pid, (ticks, cmd, ppid) in rows.items():
+            if pid == self.me:
+                continue
+            if pid in self._seen:
+                first, _, kind = self._seen[pid]
+                self._seen[pid] = (first, ticks, kind)
+            else:
+                # A process born during the run spent all its ticks in the run.
+                kind = self._kind(ppid, cmd, parents)
+                self._seen[pid] = (ticks if baseline else 0, ticks, kind)
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.every):
+            self._sample()
+
+    def __enter__(self) -> RunMeter:
+        self.me = os.getpid()
+        self.started_at = time.time()
+        self.t0 = time.monotonic()
+        self.cpu0 = _cpu_line()
+        self.own0 = _proc_ticks(self.me)[:2]
+        self.load0 = float(Path("/proc/loadavg").read_text().split()[0])
+        self._sample(baseline=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+        self._sample()
+        alive = {int(e.name) for e in Path("/proc").iterdir() if e.name.isdigit()}
+        own1 = _proc_ticks(self.me)[:2]
+        idle1, total1 = _cpu_line()
+        total = max(1, total1 - self.cpu0[1])
+        idle = idle1 - self.cpu0[0]
+        reaped = own1[1] - self.own0[1]
+        ours = (own1[0] - self.own0[0]) + reaped
+        for pid, (first, last, kind) in self._seen.items():
+            # Reaped descendants are already in cutime: count the live ones, and the backends.
+            if kind == "pg" or (kind == "child" and pid in alive):
+                ours += last - first
+        others = max(0, total - idle - ours)
+        self.result = {
+            "cores": os.cpu_count(),
+            "wall_s": round(time.monotonic() - self.t0, 1),
+            "idle_share": round(1 - others / total, 3),
+            "others_share": round(others / total, 3),
+            "bench_share": round(min(ours, total - idle) / total, 3),
+            "raw_idle_share": round(idle / total, 3),
+            "loadavg_start": self.load0,
+            "loadavg_end": float(Path("/proc/loadavg").read_text().split()[0]),
+        }
+
+
+def provenance(
+    name: str, argv: Sequence[str], meter: RunMeter | None = None, **extra: Any
+) -> dict[str, Any]:
+    """What a result must carry to be cited: the bench, the exact command, the commit, the
+    machine (with how idle it was over the run) and when it ran."""
+    started = meter.started_at if meter else time.time()
+    info = machine()
+    if meter is not None and hasattr(meter, "result"):
+        info |= {"cpu_over_run": meter.result, "idle_share": meter.result["idle_share"]}
+    return {
+        "bench": name,
+        "command": " ".join(
+            [Path(sys.executable).relative_to(REPO).as_posix() if _under_repo() else "python"]
+            + ["-m", f"bench.{name}", *argv]
+        ),
+        "argv": list(argv),
+        "commit": git_commit(),
+        "machine": info,
+        "started_at": _iso(started),
+        "finished_at": _iso(time.time()),
+        "bench_db": BENCH_DB,
+        **extra,
+    }
+
+
+def _under_repo() -> bool:
+    try:
+        Path(sys.executable).relative_to(REPO)
+    except ValueError:
+        return False
+    return True
+
+
+def _iso(ts: float) -> str:
+    return datetime.fromtimestamp(ts, tz=UTC).isoformat(timespec="seconds")
+
+
+def result_path(name: str, started_at: str) -> Path:
+    """bench/results/<UTC date the run started>/<name>.json"""
+    return RESULTS / started_at[:10] / f"{name}.json"
+
+
+def save_result(name: str, data: dict[str, Any], *, smoke: bool = False) -> Path | None:
+    """Copies a finished result into bench/results/<date>/ for committing; smoke runs are not results."""
+    if smoke:
+        print(f"[{name}] --smoke: not saved to bench/results (smoke figures are not results)")
+        return None
+    path = result_path(name, data.get("started_at") or _iso(time.time()))
+    write_json(path, data)
+    commit = data.get("commit") or {}
+    shown = path.relative_to(REPO) if path.is_relative_to(REPO) else path
+    print(
+        f"[{name}] saved {shown} (commit {str(commit.get('sha'))[:10]}"
+        f"{', DIRTY tree' if commit.get('dirty') else ''})"
+    )
+    return path
+
+
+def provenance_header(data: dict[str, Any]) -> str:
+    """The lines every report starts with: command, commit, machine and how idle it was."""
+    commit = data.get("commit") or {}
+    m = data.get("machine") or {}
+    cpu = m.get("cpu_over_run") or {}
+    lines = [
+        f"Command: {data.get('command')}",
+        f"Commit: {commit.get('sha')}"
+        + (
+            f" + UNCOMMITTED CHANGES ({', '.join(commit.get('changed', [])[:5])})"
+            if commit.get("dirty")
+            else ""
+        ),
+        f"Machine: {m.get('cpus')} cores, Python {m.get('python')}, Postgres {m.get('postgres')}; "
+        f"run {data.get('started_at')} -> {data.get('finished_at')}",
+    ]
+    if cpu:
+        lines.append(
+            f"CPU over the run: other processes left {cpu['idle_share']:.0%} of the {cpu['cores']} cores "
+            f"to this bench (others {cpu['others_share']:.0%}, this bench {cpu['bench_share']:.0%}, "
+            f"load average {cpu['loadavg_start']} -> {cpu['loadavg_end']})"
+            + ("  !! NOT AN IDLE MACHINE: rerun before citing" if cpu["idle_share"] < 0.9 else "")
+        )
+    return "\n".join(lines)
+
+
+def add_record_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--save-result",
+        action="store_true",
+        help="also copy the JSON to bench/results/<date>/<bench>.json, to commit with the README",
+    )
+
+
+def record(
+    name: str,
+    argv: Sequence[str],
+    meter: RunMeter | None,
+    figures: dict[str, Any],
+    *,
+    json_path: Path | None,
+    save: bool,
+    smoke: bool,
+    **extra: Any,
+) -> dict[str, Any]:
+    """The result as written: provenance first, then the figures; to --json and, with
+    --save-result, to bench/results/<date>/<name>.json."""
+    data = provenance(name, argv, meter, smoke=smoke, **extra)
+    # Provenance first and authoritative (a bench's own "machine" has no idle share).
+    data |= {k: v for k, v in figures.items() if k not in data}
+    if json_path:
+        write_json(json_path, data)
+    if save:
+        save_result(name, data, smoke=smoke)
+    return data

@@ -292,15 +292,51 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--plan", action="store_true", help="print the model size and exit (no GPU needed)"
     )
+    parser.add_argument(
+        "--smoke",
+        action="store_true",
+        help="a tiny model for seconds (" + " ".join(SMOKE) + "); without CUDA it prints "
+        "'skipped: no CUDA' and exits 0, so the test suite can run it anywhere",
+    )
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if "--smoke" in argv:
+        argv = SMOKE + argv
     args = parser.parse_args(argv)
+    args.argv = argv
     if args.warmup >= args.steps - 1:
         parser.error("--warmup must leave at least two timed steps")
     return args
 
 
+SMOKE = ["--hidden", "64", "--layers", "2", "--heads", "4", "--kv-heads", "4",
+         "--intermediate", "128", "--vocab", "1000", "--batch", "2", "--steps", "4",
+         "--warmup", "1", "--prompt-words", "16", "--reply-words", "16", "--gen-prompts", "4",
+         "--gen-batch", "2", "--k", "2", "--max-new-tokens", "8"]  # fmt: skip
+
+
+def smoke(args: argparse.Namespace, cuda: bool) -> int:
+    """--smoke: the tiny run on a GPU, or an explicit skip without one; JSON with provenance."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from bench import common
+
+    with common.RunMeter() as meter:
+        figures = measure(args) if cuda else {"skipped": "no CUDA"}
+    if not cuda:
+        print("skipped: no CUDA (torch.cuda.is_available() is False)")
+    else:
+        print(json.dumps(figures, indent=2))
+    common.record(
+        "gpu_check", args.argv, meter, figures, json_path=args.json, save=False, smoke=True
+    )
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     import torch
+
+    if args.smoke:
+        return smoke(args, torch.cuda.is_available())
 
     if args.plan:
         with tempfile.TemporaryDirectory() as scratch:

@@ -2,7 +2,7 @@
 learns as well through the web app as the training package does alone.
 
 Starts Tandem the production way (gunicorn + a Celery worker with beat, Postgres, Redis) on a
-fresh `tandem_bench_loop` database, then runs `simulate_annotators` with the warm-words oracle
+fresh `<BENCH_DB>_loop` database, then runs `simulate_annotators` with the warm-words oracle
 and automatic triggers. Prints, per round:
 
 - the latency from the judgement that crossed the trigger threshold to the first new task of the
@@ -10,10 +10,13 @@ and automatic triggers. Prints, per round:
 - the reward ensemble's held-out accuracy (against human, i.e. oracle, labels) and the blind
   human win rate of π_r over π_{r-1};
 - the oracle win rate of π_r over π_0 on held-out prompts, measured exactly as
-  bench/oracle_loop.py measures it, next to that benchmark's figures when bench/out/oracle_loop.json
-  exists.
+  bench/oracle_loop.py measures it, next to that benchmark's figures ON THE SAME COMMIT: by
+  default (`--package run`) this invocation runs the package recipe itself with the same sizes;
+  `--package reuse` reads `--package-json` and refuses one that ran on another commit, on a
+  tree with uncommitted changes, or with another recipe; `--package skip` leaves the column out.
 
     .venv/bin/python -m bench.loop_latency [--rounds 3] [--json bench/out/loop_latency.json]
+    .venv/bin/python -m bench.loop_latency --smoke   # 1 round, tiny sizes: checks it still runs
 """
 
 from __future__ import annotations
@@ -28,13 +31,19 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.common import REPO, VENV_BIN, Server, fresh_db, manage, server_env, table, write_json
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-DB = "tandem_bench_loop"
+from bench import common  # noqa: E402
+from bench.common import REPO, Server, fresh_db, manage, server_env, table  # noqa: E402
+
+DB = os.environ.get("BENCH_LOOP_DB", common.BENCH_DB + "_loop")
 BROKER = os.environ.get("BENCH_LOOP_BROKER", "redis://127.0.0.1:6379/14")
+SMOKE = ["--rounds", "1", "--annotators", "2", "--prompts-per-round", "16", "--eval-prompts", "8",
+         "--warm-start-steps", "60", "--package", "skip", "--timeout", "300"]  # fmt: skip
 
 
-def main(argv: list[str] | None = None) -> int:
+def parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -49,12 +58,129 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--eval-prompts", type=int, default=48, help="held-out prompts (as bench/oracle_loop.py)"
     )
+    parser.add_argument(
+        "--warm-start-steps",
+        type=int,
+        default=120,
+        help="π_0's SFT steps (as bench/oracle_loop.py)",
+    )
     parser.add_argument("--json", type=Path, default=REPO / "bench" / "out" / "loop_latency.json")
     parser.add_argument(
         "--timeout", type=float, default=1800, help="give up after this many seconds"
     )
-    args = parser.parse_args(argv)
+    parser.add_argument(
+        "--package",
+        choices=["run", "reuse", "skip"],
+        default="run",
+        help="the package benchmark to compare with: run it here on this commit (default), "
+        "reuse --package-json (refused unless same commit, clean tree, same recipe), or skip",
+    )
+    parser.add_argument(
+        "--package-json",
+        type=Path,
+        default=REPO / "bench" / "out" / "oracle_loop.json",
+        help="with --package reuse: the bench/oracle_loop.py JSON to compare with",
+    )
+    parser.add_argument(
+        "--smoke",
+        action="store_true",
+        help="seconds, not minutes: " + " ".join(SMOKE),
+    )
+    common.add_record_args(parser)
+    return parser
 
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if "--smoke" in argv:
+        argv = SMOKE + argv
+    args = parser().parse_args(argv)
+    package: dict[str, Any] | None = None
+    if args.package == "reuse":
+        # Checked before the long run, so a stale file costs nothing.
+        package = json.loads(args.package_json.read_text()) if args.package_json.exists() else {}
+        problems = package_problems(package, recipe(args), common.git_commit())
+        if problems:
+            print(f"refusing {args.package_json}: " + "; ".join(problems), file=sys.stderr)
+            print("run with --package run to measure the package on this commit", file=sys.stderr)
+            return 2
+    with common.RunMeter(db=DB) as meter:
+        figures = run(args)
+        if args.package == "run":
+            package = run_package(args)
+    if package is not None:
+        figures["package_reference"] = {
+            "how": "run in this invocation" if args.package == "run" else str(args.package_json),
+            "commit": package.get("commit"),
+            "settings": package.get("settings"),
+            "rounds": package.get("rounds"),
+        }
+    data = common.record(
+        "loop_latency",
+        argv,
+        meter,
+        figures,
+        json_path=args.json,
+        save=args.save_result,
+        smoke=args.smoke,
+    )
+    print(common.provenance_header(data))
+    report(data)
+    return 0
+
+
+def recipe(args: argparse.Namespace) -> dict[str, int]:
+    """The package benchmark's settings this web run mirrors (bench.oracle_loop.Settings names)."""
+    return {
+        "prompts_per_round": args.prompts_per_round,
+        "eval_prompts": args.eval_prompts,
+        "sft_steps": args.warm_start_steps,
+        "rounds": args.rounds,
+        "seed": 0,
+    }
+
+
+def package_problems(
+    package: dict[str, Any], wanted: dict[str, int], head: dict[str, Any]
+) -> list[str]:
+    """Why a bench/oracle_loop.py result cannot stand next to this run ([] if it can)."""
+    if not package:
+        return ["no such file"]
+    problems = []
+    commit = package.get("commit") or {}
+    if not commit.get("sha"):
+        problems.append("it records no commit (written before results carried one)")
+    elif commit["sha"] != head.get("sha"):
+        problems.append(
+            f"it ran on commit {commit['sha'][:10]}, this is {str(head.get('sha'))[:10]}"
+        )
+    if commit.get("dirty") or head.get("dirty"):
+        problems.append("uncommitted changes (there or here): the same commit is not the same code")
+    if package.get("smoke"):
+        problems.append("it is a --smoke run")
+    settings = package.get("settings") or {}
+    for key, value in wanted.items():
+        have = settings.get(key)
+        if key == "rounds" and isinstance(have, int) and have >= value:
+            continue
+        if have != value:
+            problems.append(f"its {key} is {have}, this run's is {value}")
+    return problems
+
+
+def run_package(args: argparse.Namespace) -> dict[str, Any]:
+    """bench/oracle_loop.py's online loop with this run's sizes, in this invocation."""
+    out = REPO / "bench" / "out" / "oracle_loop.same-run.json"
+    r = recipe(args)
+    cmd = [sys.executable, "-m", "bench.oracle_loop", "--skip-selection", "--json", str(out)]
+    cmd += ["--rounds", str(r["rounds"]), "--prompts-per-round", str(r["prompts_per_round"])]
+    cmd += ["--eval-prompts", str(r["eval_prompts"]), "--sft-steps", str(r["sft_steps"])]
+    print("[loop_latency] the package benchmark on this commit:", " ".join(cmd[1:]), flush=True)
+    subprocess.run(cmd, cwd=REPO, check=True, timeout=args.timeout)
+    return json.loads(out.read_text())
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
     artifacts = Path(tempfile.mkdtemp(prefix="tandem-loop-bench-"))
     env = server_env(
         DB,
@@ -64,63 +190,43 @@ def main(argv: list[str] | None = None) -> int:
         TANDEM_LOOP_STALE_SECONDS="120",
     )
     fresh_db(DB)
-    subprocess.run(
-        [sys.executable, "-c", f"import redis; redis.Redis.from_url({BROKER!r}).flushdb()"],
-        check=True,
-    )
     started = time.monotonic()
-    worker_log = (REPO / "bench" / "out" / "loop-worker.log").open("wb")
-    worker = subprocess.Popen(
-        [
-            str(VENV_BIN / "celery"),
-            "-A",
-            "webapp",
-            "worker",
-            "-B",
-            "-s",
-            str(artifacts / "beat"),
-            "-Q",
-            "cpu",
-            "-P",
-            "solo",
-            "--loglevel=INFO",
-        ],
-        cwd=REPO,
+    worker = common.CeleryWorker(
         env=env,
-        stdout=worker_log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
+        beat_schedule=artifacts / "beat",
+        log_path=REPO / "bench" / "out" / "loop-worker.log",
     )
-    try:
-        with Server(env=env, workers=2) as server:
-            output = manage(
-                "simulate_annotators",
-                "--url", server.url(""),
-                "--annotators", str(args.annotators),
-                "--rounds", str(args.rounds),
-                "--prompts-per-round", str(args.prompts_per_round),
-                "--eval-prompts", str(args.eval_prompts),
-                "--trigger", "auto",
-                # The package benchmark's recipe, so the two win rates compare like with like:
-                # its π_0 (120 SFT steps), best-vs-worst pairs, and rounds that start once 90% of
-                # a round's pairs are labelled.
-                "--warm-start-steps", "120",
-                "--selection", "best_vs_worst",
-                "--trigger-judgements", str(max(1, int(0.9 * args.prompts_per_round))),
-                "--timeout", str(args.timeout),
-                env=env,
-                timeout=args.timeout + 120,
-            )  # fmt: skip
-    finally:
-        os.killpg(worker.pid, 9)
-        worker.wait()
-        worker_log.close()
+    with worker, Server(env=env, workers=2) as server:
+        output = manage(
+            "simulate_annotators",
+            "--url", server.url(""),
+            "--annotators", str(args.annotators),
+            "--rounds", str(args.rounds),
+            "--prompts-per-round", str(args.prompts_per_round),
+            "--eval-prompts", str(args.eval_prompts),
+            "--trigger", "auto",
+            # The package benchmark's recipe, so the two win rates compare like with like:
+            # its π_0 (120 SFT steps), best-vs-worst pairs, and rounds that start once 90% of
+            # a round's pairs are labelled.
+            "--warm-start-steps", str(args.warm_start_steps),
+            "--selection", "best_vs_worst",
+            "--trigger-judgements", str(max(1, int(0.9 * args.prompts_per_round))),
+            "--timeout", str(args.timeout),
+            env=env,
+            timeout=args.timeout + 120,
+        )  # fmt: skip
     print(output)
     figures = measure(env, args)
     figures["seconds"] = round(time.monotonic() - started, 1)
-    report(figures)
-    write_json(args.json, figures)
-    return 0
+    figures["setup"] = {
+        "server": server.description,
+        "worker": "celery -A webapp worker -B -Q cpu -P solo (Redis broker)",
+        "database": f"Postgres, fresh database {DB}",
+        "annotators": args.annotators,
+        "recipe": recipe(args),
+        "trigger_judgements": max(1, int(0.9 * args.prompts_per_round)),
+    }
+    return figures
 
 
 MEASURE = r"""
@@ -130,7 +236,8 @@ from annotation.selectors.export import Position
 from annotation.loop import LoopSettings
 from annotation.selectors.rounds import rounds_of
 project = Project.objects.get(name__startswith="Oracle loop")
-loop = LoopSettings.parse(project.loop)
+# The project's own artifact folder holds its π_0: parse as the project does.
+loop = LoopSettings.parse(project.loop, project_id=project.pk)
 out = {"project": project.pk, "trigger_judgements": loop.trigger_judgements, "rounds": []}
 previous_cursor = None
 for row, r in zip(rounds_of(project=project), Round.objects.filter(project=project).order_by("number")):
@@ -187,9 +294,6 @@ def measure(env: dict[str, str], args: argparse.Namespace) -> dict[str, Any]:
             },
             "total": _seconds(r["trigger_at"], r["first_task_at"]),
         }
-    reference = REPO / "bench" / "out" / "oracle_loop.json"
-    if reference.exists():
-        data["oracle_loop_reference"] = json.loads(reference.read_text()).get("rounds")
     return data
 
 
@@ -263,7 +367,9 @@ def report(data: dict[str, Any]) -> None:
             title="Loop latency (tiny CPU models)",
         )
     )
-    reference = {r["round"]: r for r in data.get("oracle_loop_reference") or []}
+    package = data.get("package_reference") or {}
+    reference = {r["round"]: r for r in package.get("rounds") or []}
+    sha = str((package.get("commit") or {}).get("sha"))[:10]
     rows = []
     for r in data["rounds"]:
         ref = reference.get(r["round"], {})
@@ -287,13 +393,17 @@ def report(data: dict[str, Any]) -> None:
                 "human win vs π_{r-1}",
                 "95% CI",
                 "oracle win vs π0 (web)",
-                "oracle win vs π0 (package bench)",
-                "reward acc (package bench)",
+                f"oracle win vs π0 (package bench, {sha})",
+                f"reward acc (package bench, {sha})",
             ],
             rows,
             title="Does the loop learn through the web app as it does in the package?",
         )
     )
+    if package:
+        print(f"Package benchmark: {package['how']}, commit {sha}, same recipe.")
+    else:
+        print("Package benchmark: not compared (--package skip).")
 
 
 if __name__ == "__main__":

@@ -29,13 +29,15 @@ so far and buys the pairs its members disagree on most, "random" buys
 uniformly. Both start from the same random seed set, and the ensemble
 accuracy on a fixed held-out pair set is recorded after every step.
 
-Run: ``python -m bench.oracle_loop --json bench/out/oracle_loop.json``.
+Run: ``python -m bench.oracle_loop --json bench/out/oracle_loop.json [--save-result]``;
+``--smoke`` runs one round on a handful of prompts in seconds (it checks the bench still runs; its
+figures mean nothing). The JSON carries the command, the commit, the machine's idle share and the
+recipe (``settings``), so bench/loop_latency.py can tell whether it ran on the same commit.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import random
 import shutil
@@ -44,12 +46,16 @@ import tempfile
 import time
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench import common  # noqa: E402
 from training.data import Message, PreferencePair
 from training.generation import GenerationConfig, TransformersGenerator, set_cpu_threads
 from training.oracles import WarmWords
@@ -539,13 +545,19 @@ def plot(rounds: list[dict[str, Any]], curves: dict[str, list[list[float]]], pat
     fig.savefig(path, dpi=120)
 
 
+SMOKE = ["--rounds", "1", "--prompts-per-round", "8", "--eval-prompts", "8", "--sft-steps", "10",
+         "--skip-selection"]  # fmt: skip
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--json", type=Path, help="write the figures as JSON here")
     parser.add_argument(
-        "--plot", type=Path, default=Path("bench/out/oracle_loop.png"), help="PNG plot path"
+        "--plot",
+        type=Path,
+        help="PNG plot path (default bench/out/oracle_loop.png; none in --smoke)",
     )
     parser.add_argument("--seed", type=int, default=0, help="seed of the whole experiment")
     parser.add_argument("--skip-selection", action="store_true", help="run the online loop only")
@@ -580,7 +592,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=1,
         help="torch CPU threads (1 is fastest for these tiny models)",
     )
+    recipe = parser.add_argument_group("recipe (defaults: the README's)")
+    recipe.add_argument("--rounds", type=int, default=Settings.rounds)
+    recipe.add_argument("--prompts-per-round", type=int, default=Settings.prompts_per_round)
+    recipe.add_argument("--eval-prompts", type=int, default=Settings.eval_prompts)
+    recipe.add_argument("--sft-steps", type=int, default=Settings.sft_steps, help="π_0's SFT steps")
+    parser.add_argument(
+        "--smoke",
+        action="store_true",
+        help="seconds, not minutes: " + " ".join(SMOKE) + " with 2 members and 1 epoch each",
+    )
+    common.add_record_args(parser)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if "--smoke" in argv:
+        argv = SMOKE + argv
     args = parser.parse_args(argv)
+    if args.plot is None and not args.smoke:
+        args.plot = Path("bench/out/oracle_loop.png")
     warnings.filterwarnings("ignore")
     from transformers.utils import logging as hf_logging
 
@@ -597,64 +625,81 @@ def main(argv: Sequence[str] | None = None) -> int:
         threads=args.threads,
         bagging=args.bagging,
         selection_seeds=args.selection_seeds,
+        rounds=args.rounds,
+        prompts_per_round=args.prompts_per_round,
+        eval_prompts=args.eval_prompts,
+        sft_steps=args.sft_steps,
     )
+    if args.smoke:
+        settings = replace(settings, members=2, reward_epochs=1.0, dpo_epochs=1.0)
     acquisitions = [a.strip() for a in args.acquisitions.split(",") if a.strip()]
-    started, cpu_started = time.perf_counter(), time.process_time()
     work = args.work or Path(tempfile.mkdtemp(prefix="tandem-oracle-"))
     work.mkdir(parents=True, exist_ok=True)
     try:
-        prompts = make_prompts()
-        random.Random(settings.seed).shuffle(prompts)
-        eval_prompts = prompts[: settings.eval_prompts]
-        train_prompts = prompts[settings.eval_prompts :]
-        needed = settings.rounds * settings.prompts_per_round
-        if len(train_prompts) < needed:
-            raise SystemExit(f"need {needed} training prompts, have {len(train_prompts)}")
-        pi0 = warm_start(work, train_prompts, settings)
-        print(f"warm start done in {time.perf_counter() - started:.1f}s", flush=True)
-        rounds = (
-            [] if args.skip_loop else online_loop(work, pi0, train_prompts, eval_prompts, settings)
+        with common.RunMeter() as meter:
+            figures = _run(args, settings, acquisitions, work)
+        figures = common.record(
+            "oracle_loop",
+            argv,
+            meter,
+            figures,
+            json_path=args.json,
+            save=args.save_result,
+            smoke=args.smoke,
         )
-        curves: dict[str, list[list[float]]] = {a: [] for a in acquisitions}
-        noise: dict[int, list[float]] = {}
-        if args.learner_noise:
-            print("learner noise (same labels, different training seeds):", flush=True)
-            noise = learner_noise(work, pi0, train_prompts[:needed], eval_prompts, settings)
-        if not args.skip_selection:
-            print("selection experiment (labels, accuracy averaged over seeds):", flush=True)
-            curves = selection_experiment(
-                work, pi0, train_prompts[:needed], eval_prompts, settings, acquisitions
-            )
-            for strategy, curve in curves.items():
-                print(f"  {strategy:>12}: " + "  ".join(f"{int(b)}:{a:.3f}" for b, a in curve))
-            for target in (0.8, 0.85, 0.9):
-                print(
-                    f"  labels to reach {target:.2f}: "
-                    + ", ".join(f"{a} {labels_to_reach(c, target)}" for a, c in curves.items())
-                )
-        seconds = round(time.perf_counter() - started, 1)
-        # CPU seconds of this process: on a shared machine wall time also counts other jobs.
-        cpu_seconds = round(time.process_time() - cpu_started, 1)
-        print(f"total {seconds}s wall, {cpu_seconds}s CPU")
-        plot(rounds, curves, args.plot)
-        if args.json:
-            args.json.parent.mkdir(parents=True, exist_ok=True)
-            args.json.write_text(
-                json.dumps(
-                    {
-                        "rounds": rounds,
-                        "selection": curves,
-                        "learner_noise": {str(n): accs for n, accs in noise.items()},
-                        "seconds": seconds,
-                        "cpu_seconds": cpu_seconds,
-                    },
-                    indent=2,
-                )
-            )
+        print(common.provenance_header(figures))
     finally:
         if args.work is None:
             shutil.rmtree(work, ignore_errors=True)
     return 0
+
+
+def _run(
+    args: argparse.Namespace, settings: Settings, acquisitions: list[str], work: Path
+) -> dict[str, Any]:
+    started, cpu_started = time.perf_counter(), time.process_time()
+    prompts = make_prompts()
+    random.Random(settings.seed).shuffle(prompts)
+    eval_prompts = prompts[: settings.eval_prompts]
+    train_prompts = prompts[settings.eval_prompts :]
+    needed = settings.rounds * settings.prompts_per_round
+    if len(train_prompts) < needed:
+        raise SystemExit(f"need {needed} training prompts, have {len(train_prompts)}")
+    pi0 = warm_start(work, train_prompts, settings)
+    print(f"warm start done in {time.perf_counter() - started:.1f}s", flush=True)
+    rounds = [] if args.skip_loop else online_loop(work, pi0, train_prompts, eval_prompts, settings)
+    curves: dict[str, list[list[float]]] = {a: [] for a in acquisitions}
+    noise: dict[int, list[float]] = {}
+    if args.learner_noise:
+        print("learner noise (same labels, different training seeds):", flush=True)
+        noise = learner_noise(work, pi0, train_prompts[:needed], eval_prompts, settings)
+    if not args.skip_selection:
+        print("selection experiment (labels, accuracy averaged over seeds):", flush=True)
+        curves = selection_experiment(
+            work, pi0, train_prompts[:needed], eval_prompts, settings, acquisitions
+        )
+        for strategy, curve in curves.items():
+            print(f"  {strategy:>12}: " + "  ".join(f"{int(b)}:{a:.3f}" for b, a in curve))
+        for target in (0.8, 0.85, 0.9):
+            print(
+                f"  labels to reach {target:.2f}: "
+                + ", ".join(f"{a} {labels_to_reach(c, target)}" for a, c in curves.items())
+            )
+    seconds = round(time.perf_counter() - started, 1)
+    # CPU seconds of this process: on a shared machine wall time also counts other jobs.
+    cpu_seconds = round(time.process_time() - cpu_started, 1)
+    print(f"total {seconds}s wall, {cpu_seconds}s CPU")
+    if args.plot:
+        plot(rounds, curves, args.plot)
+    return {
+        # The recipe, so a comparison (bench/loop_latency.py) can check it compares like with like.
+        "settings": asdict(settings),
+        "rounds": rounds,
+        "selection": curves,
+        "learner_noise": {str(n): accs for n, accs in noise.items()},
+        "seconds": seconds,
+        "cpu_seconds": cpu_seconds,
+    }
 
 
 if __name__ == "__main__":

@@ -5,15 +5,16 @@ from ``../shared/data`` next to the repository (never copied into it). Pairs
 are held out by prompt with a fixed seed; the backbone is the bundled
 all-MiniLM-L6-v2 encoder, so nothing is downloaded.
 
-    .venv/bin/python bench/reward_real.py [--json out.json]
+    .venv/bin/python bench/reward_real.py [--json out.json] [--save-result]
+    .venv/bin/python bench/reward_real.py --smoke   # 2 steps on 32 pairs: checks it still runs
 
-Target on a 2-core CPU: held-out accuracy >= 0.65 within 10 minutes.
+Target on a 2-core CPU: held-out accuracy >= 0.65 within 10 minutes. The JSON carries the
+command, the commit and the machine's idle share over the run.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 import time
@@ -23,6 +24,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from bench import common  # noqa: E402
 from training.artifacts import Progress  # noqa: E402
 from training.data import RowError, parse_hh_transcript_pair, read_jsonl, split_by_prompt  # noqa: E402
 from training.reward import (  # noqa: E402
@@ -45,7 +47,7 @@ def _print_progress(report: Progress) -> None:
         )
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -86,18 +88,54 @@ def main() -> int:
     )
     parser.add_argument("--members", type=int, default=1, help="Ensemble size K.")
     parser.add_argument("--max-steps", type=int, default=-1)
-    args = parser.parse_args()
+    parser.add_argument(
+        "--pairs", type=int, default=None, help="use only the first N pairs (default: all)"
+    )
+    parser.add_argument(
+        "--held-out", type=int, default=HELD_OUT, help="pairs held out (default %(default)s)"
+    )
+    parser.add_argument(
+        "--smoke",
+        action="store_true",
+        help="seconds, not minutes: " + " ".join(SMOKE) + " (its figures mean nothing)",
+    )
+    common.add_record_args(parser)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if "--smoke" in argv:
+        argv = SMOKE + argv
+    args = parser.parse_args(argv)
+    with common.RunMeter() as meter:
+        figures = run(args)
+    common.record(
+        "reward_real",
+        argv,
+        meter,
+        figures,
+        json_path=args.json,
+        save=args.save_result,
+        smoke=args.smoke,
+        data_file=str(args.data.name),
+    )
+    return 0
 
+
+SMOKE = ["--max-steps", "2", "--pairs", "40", "--held-out", "8", "--max-length", "64",
+         "--max-completion-length", "32"]  # fmt: skip
+
+
+def run(args: argparse.Namespace) -> dict:
     started, cpu_started = time.perf_counter(), time.process_time()
     pairs, skipped = [], 0
     for index, row in enumerate(read_jsonl(args.data), start=1):
+        if args.pairs is not None and len(pairs) >= args.pairs:
+            break
         try:
             pairs.append(parse_hh_transcript_pair(row, index=index))
         except RowError as error:
             # A few HH rows end with an empty reply; they have nothing to compare.
             print(f"skipped {error}", file=sys.stderr)
             skipped += 1
-    train, held_out = split_by_prompt(pairs, eval_size=HELD_OUT, seed=args.split_seed)
+    train, held_out = split_by_prompt(pairs, eval_size=args.held_out, seed=args.split_seed)
 
     config = EnsembleConfig(
         members=args.members,
@@ -144,9 +182,7 @@ def main() -> int:
         f"train {figures['n_train']})  {figures['seconds']:.0f} s wall, "
         f"{figures['cpu_seconds']:.0f} s CPU"
     )
-    if args.json:
-        args.json.write_text(json.dumps(figures, indent=2))
-    return 0
+    return figures
 
 
 if __name__ == "__main__":

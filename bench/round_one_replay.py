@@ -13,7 +13,8 @@ Each is trained with two DPO seeds and judged as bench/oracle_loop.py judges: or
 π_1 over π_0 on the 48 held-out prompts, four samples each. If the web batch gives the web loop's
 figure here too, the gap is which samples π_0 happened to draw, not the web path.
 
-    .venv/bin/python -m bench.round_one_replay [--json bench/out/round_one_replay.json]
+    .venv/bin/python -m bench.round_one_replay [--json bench/out/round_one_replay.json] [--save-result]
+    .venv/bin/python -m bench.round_one_replay --smoke   # tiny sizes: checks it still runs
 """
 
 from __future__ import annotations
@@ -26,12 +27,17 @@ import tempfile
 import time
 import warnings
 from collections.abc import Sequence
+from dataclasses import asdict, replace
 from pathlib import Path
 
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import REPO, table, write_json  # noqa: E402
+from bench import common  # noqa: E402
+from bench.common import REPO, table  # noqa: E402
+
+SMOKE = ["--prompts-per-round", "8", "--eval-prompts", "8", "--sft-steps", "10",
+         "--dpo-seeds", "1", "--dpo-epochs", "1"]  # fmt: skip
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -41,7 +47,37 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--json", type=Path, default=REPO / "bench" / "out" / "round_one_replay.json"
     )
+    parser.add_argument(
+        "--prompts-per-round", type=int, default=None, help="default: the package's"
+    )
+    parser.add_argument("--eval-prompts", type=int, default=None, help="default: the package's")
+    parser.add_argument("--sft-steps", type=int, default=None, help="default: the package's")
+    parser.add_argument("--dpo-seeds", type=int, default=2, help="DPO seeds per batch")
+    parser.add_argument("--dpo-epochs", type=float, default=None, help="default: the web loop's")
+    parser.add_argument(
+        "--smoke", action="store_true", help="seconds, not minutes: " + " ".join(SMOKE)
+    )
+    common.add_record_args(parser)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if "--smoke" in argv:
+        argv = SMOKE + argv
     args = parser.parse_args(argv)
+    with common.RunMeter() as meter:
+        figures = run(args)
+    data = common.record(
+        "round_one_replay",
+        argv,
+        meter,
+        figures,
+        json_path=args.json,
+        save=args.save_result,
+        smoke=args.smoke,
+    )
+    print(common.provenance_header(data))
+    return 0
+
+
+def run(args: argparse.Namespace) -> dict:
     warnings.filterwarnings("ignore")
     os.environ["TANDEM_CPU_THREADS"] = "1"
     from transformers.utils import logging as hf_logging
@@ -64,6 +100,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     set_cpu_threads()
     started = time.perf_counter()
     settings = Settings()
+    sizes = {
+        "prompts_per_round": args.prompts_per_round,
+        "eval_prompts": args.eval_prompts,
+        "sft_steps": args.sft_steps,
+    }
+    settings = replace(settings, **{k: v for k, v in sizes.items() if v is not None})
     work = Path(tempfile.mkdtemp(prefix="tandem-replay-"))
     prompts = make_prompts()
     random.Random(settings.seed).shuffle(prompts)
@@ -89,7 +131,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             ),
         ),
     }
-    policy = TINY_LOOP["policy"]
+    policy = dict(TINY_LOOP["policy"])
+    if args.dpo_epochs is not None:
+        policy["epochs"] = args.dpo_epochs
     rows, results = [], []
     for label, samples in batches.items():
         pairs = [
@@ -97,7 +141,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             for prompt, texts in zip(first, samples, strict=True)
             if (pair := oracle_pair(prompt, texts[0], texts[1])) is not None
         ]
-        for dpo_seed in (0, 1):
+        for dpo_seed in range(args.dpo_seeds):
             trained = train_dpo(
                 pairs,
                 DPOConfig(loss="sigmoid", seed=dpo_seed, **policy),
@@ -120,8 +164,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             title="Round 1 replayed in the package (same π_0, prompts and DPO settings)",
         )
     )
-    write_json(args.json, {"runs": results, "seconds": round(time.perf_counter() - started, 1)})
-    return 0
+    return {
+        "settings": asdict(settings),
+        "runs": results,
+        "seconds": round(time.perf_counter() - started, 1),
+    }
 
 
 if __name__ == "__main__":
