@@ -13,7 +13,12 @@ What it does, all on 127.0.0.1 and bounded in time:
 4. checks exactness: rows == decisive (A/B) judgements, no judgement twice, and a second export
    with ``since=<the last line's cursor>`` returns 0 rows.
 
-    .venv/bin/python -m bench.web_export [--judgements 1000000] [--overlap 2]
+The report starts with the commit, the command and how idle the machine was; the figures of
+other systems (Label Studio, the bare prototype: measured elsewhere, not in this run) are printed
+apart, with their source and date.
+
+    .venv/bin/python -m bench.web_export [--judgements 1000000] [--overlap 2] [--save-result]
+    .venv/bin/python -m bench.web_export --smoke    # seconds: 2,000 judgements, 4 annotators
 """
 
 from __future__ import annotations
@@ -31,11 +36,17 @@ from typing import Any
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench import common  # noqa: E402
+from bench import common, web_load  # noqa: E402
 from bench.common import Server, table  # noqa: E402
 
+# External reference figures: other systems, measured by someone else on another day. They are
+# printed apart from this run's figures, with where they come from, never as if measured here.
+_ISSUE_2 = web_load._ISSUE_2
 ANCHORS = {
     "label_studio": {
+        "system": "Label Studio 1.23, export of all 100,000 tasks",
+        "source": _ISSUE_2,
+        "measured_on": "2026-11-27",
         "small": "3,000 labelled tasks in 3-4 s",
         "large_rows": 100_000,
         "large_s": 134.0,
@@ -44,6 +55,10 @@ ANCHORS = {
         "first_byte": "nothing sent before the end",
     },
     "prototype": {
+        "system": "bare prototype streamed export (server-side cursor, 1,000 rows per chunk, "
+        "gunicorn, Postgres)",
+        "source": _ISSUE_2,
+        "measured_on": "2026-11-27",
         "rows": 1_000_000,
         "s": 12.0,
         "rows_s": 83_000,
@@ -52,6 +67,8 @@ ANCHORS = {
     },
 }
 TARGETS = {"rows_s": 50_000, "first_byte_s": 0.200}
+SMOKE = ["--judgements", "2000", "--annotators", "4", "--max-export-s", "30",
+         "--max-seconds", "120"]  # fmt: skip
 
 
 def build_data(
@@ -281,7 +298,6 @@ def stream_export(
 def run(args: argparse.Namespace, result: dict[str, Any] | None = None) -> dict[str, Any]:
     """Fills `result` as it goes, so a caller that hits a time cap still has what finished."""
     result = result if result is not None else {}
-    result["machine"] = common.machine()
     t0 = time.perf_counter()
     common.fresh_db()
     env = common.server_env()
@@ -414,28 +430,57 @@ def report(result: dict[str, Any]) -> str:
         f"second export since={x['cursor']} -> {x['second_export_rows']} rows"
     )
     lines.append("")
+    lines.append(comparison(result))
+    return "\n".join(lines)
+
+
+def comparison(result: dict[str, Any]) -> str:
+    """This run against the targets, then, apart, the external reference figures with their source."""
+    e, m, x = result["export"], result["memory"], result["exactness"]
     a = ANCHORS
     fb = e["first_byte_s"]
+    fb_ms = round(fb * 1000, 1) if fb is not None else None
     exact_ok = x["rows_equal_decisive"] and x["second_export_rows"] == 0 and not x["duplicates"]
-    exact_verdict = common.verdict(exact_ok) if x["complete"] else "NOT CHECKED (cut off)"
-    rows = [
+    ours = [
+        [
+            "rows/s",
+            e["rows_per_s"],
+            f">= {TARGETS['rows_s']:,}",
+            common.verdict((e["rows_per_s"] or 0) >= TARGETS["rows_s"]),
+        ],
+        [
+            "first byte (ms)",
+            fb_ms,
+            f"< {TARGETS['first_byte_s'] * 1000:.0f}",
+            common.verdict(fb is not None and fb < TARGETS["first_byte_s"]),
+        ],
+        [
+            "peak worker memory (MB)",
+            m["peak_rss_mb_vmhwm"],
+            "flat",
+            common.verdict((m["rss_growth_mb"] or 0) < 10),
+        ],
+        [
+            "exact (rows = decisive, since -> 0)",
+            ("yes" if exact_ok else "NO") if x["complete"] else "-",
+            "exact",
+            common.verdict(exact_ok) if x["complete"] else "NOT CHECKED (cut off)",
+        ],
+    ]
+    ext = [
         [
             "rows/s",
             e["rows_per_s"],
             f"{a['label_studio']['large_rows_s']:.0f} (100k in 134 s)",
             a["prototype"]["rows_s"],
             common.ratio(e["rows_per_s"], a["label_studio"]["large_rows_s"]),
-            f">= {TARGETS['rows_s']:,}",
-            common.verdict((e["rows_per_s"] or 0) >= TARGETS["rows_s"]),
         ],
         [
             "first byte (ms)",
-            round(fb * 1000, 1) if fb is not None else None,
+            fb_ms,
             "at the end (134,000)",
             a["prototype"]["first_byte_s"] * 1000,
             common.ratio(fb, a["label_studio"]["large_s"], lower_is_better=True),
-            f"< {TARGETS['first_byte_s'] * 1000:.0f}",
-            common.verdict(fb is not None and fb < TARGETS["first_byte_s"]),
         ],
         [
             "peak worker memory (MB)",
@@ -445,27 +490,31 @@ def report(result: dict[str, Any]) -> str:
             common.ratio(
                 m["peak_rss_mb_vmhwm"], a["label_studio"]["large_mem_mb"], lower_is_better=True
             ),
-            "flat",
-            common.verdict((m["rss_growth_mb"] or 0) < 10),
-        ],
-        [
-            "exact (rows = decisive, since -> 0)",
-            ("yes" if exact_ok else "NO") if x["complete"] else "-",
-            "-",
-            "-",
-            "-",
-            "exact",
-            exact_verdict,
         ],
     ]
-    lines.append(
-        table(
-            ["figure", "Tandem", "Label Studio", "prototype", "vs LS", "target", "verdict"],
-            rows,
-            title="Against the anchors:",
-        )
+    return "\n".join(
+        [
+            table(
+                ["figure", "Tandem (this run)", "target", "verdict"],
+                ours,
+                title="This run against the targets:",
+            ),
+            "",
+            table(
+                [
+                    "figure",
+                    "Tandem (this run)",
+                    "Label Studio (external)",
+                    "prototype (external)",
+                    "vs LS",
+                ],
+                ext,
+                title="External reference (not measured in this run):",
+            ),
+            "",
+            web_load.external_sources(ANCHORS),
+        ]
     )
-    return "\n".join(lines)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -493,23 +542,46 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--keep-db", action="store_true", help="leave tandem_bench in place for EXPLAIN")
     p.add_argument("--json", type=Path, help="also write the figures here")
     p.add_argument("--max-seconds", type=float, default=540, help="hard cap for the whole run")
+    p.add_argument(
+        "--smoke",
+        action="store_true",
+        help="seconds, not minutes: " + " ".join(SMOKE) + " (checks the bench still runs)",
+    )
+    common.add_record_args(p)
     return p
 
 
+def parse(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[str]]:
+    """The arguments, with --smoke expanded into its sizes (later flags still win)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    effective = (SMOKE + argv) if "--smoke" in argv else argv
+    return parser().parse_args(effective), effective
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
+    args, effective = parse(argv)
     result: dict[str, Any] = {}
-    try:
-        with common.deadline_guard(args.max_seconds, "web_export"):
-            run(args, result)
-    except TimeoutError as exc:
-        result["error"] = str(exc)
-        common.drop_db()
+    with common.RunMeter(db=common.BENCH_DB) as meter:
+        try:
+            with common.deadline_guard(args.max_seconds, "web_export"):
+                run(args, result)
+        except TimeoutError as exc:
+            result["error"] = str(exc)
+            print(f"!! {exc}", flush=True)
+            common.drop_db()
+    result = common.record(
+        "web_export",
+        effective,
+        meter,
+        result,
+        json_path=args.json,
+        save=args.save_result,
+        smoke=args.smoke,
+    )
     print()
+    print(common.provenance_header(result))
     print(report(result) if "export" in result else f"!! no export figures: {result}")
-    if args.json:
-        common.write_json(args.json, result)
-    return 0
+    return 1 if result.get("error") else 0
 
 
 if __name__ == "__main__":

@@ -749,9 +749,11 @@ def comparison(result: dict[str, Any]) -> str:
     return "\n".join(out)
 
 
-def external_sources() -> str:
+def external_sources(anchors: dict[str, dict[str, Any]] | None = None) -> str:
+    """Where each external figure comes from; `anchors` defaults to this bench's (web_export
+    passes its own)."""
     lines = ["External reference figures, where they come from (not measured by this script):"]
-    for anchor in ANCHORS.values():
+    for anchor in (ANCHORS if anchors is None else anchors).values():
         lines.append(
             f"  - {anchor['system']}: measured on {anchor['measured_on']}; {anchor['source']}"
         )

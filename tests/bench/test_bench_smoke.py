@@ -98,13 +98,19 @@ def test_run_all_smoke(tmp_path):
     assert "External reference (not measured in this run" in proc.stdout
 
 
-@pytest.mark.xfail(strict=False, reason="bench/web_export.py has no --smoke yet")
 def test_web_export_smoke(tmp_path):
     data = _run(["-m", "bench.web_export", "--smoke"], tmp_path / "web_export.json")
     _check_provenance(data, "web_export")
-    assert data["export"]["rows"] > 0
-    assert data["exactness"]["rows_equal_decisive"]
-    assert data["exactness"]["second_export_rows"] == 0
+    assert data["argv"][:2] == ["--judgements", "2000"], "--smoke expands to its sizes"
+    assert data["data"]["judgements"] == 2000
+    export, exact = data["export"], data["exactness"]
+    assert export["rows"] > 0 and export["rows_per_s"] > 0
+    assert exact["complete"] is True
+    assert exact["rows_equal_decisive"] is True
+    assert exact["rows"] == exact["decisive_judgements_in_db"] == data["data"]["decisive"]
+    assert exact["duplicates"] == 0
+    assert exact["second_export_rows"] == 0
+    assert exact["second_export_since_echoed"] is True
 
 
 def test_oracle_loop_smoke(tmp_path):
