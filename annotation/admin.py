@@ -1,12 +1,22 @@
-from django.contrib import admin
+from django.contrib import admin, messages
 
-from . import models
+from . import models, services
+from .errors import TandemError
 
 
 class MembershipInline(admin.TabularInline):
+    """Shown for reference; members change through the Memberships admin (or the project page),
+    which goes through the services: a removed member's leases return to the queue, and the last
+    manager stays."""
+
     model = models.Membership
     extra = 0
-    autocomplete_fields = ["user"]
+    can_delete = False
+    fields = ["user", "role", "created_at"]
+    readonly_fields = fields
+
+    def has_add_permission(self, request, obj=None) -> bool:
+        return False
 
 
 @admin.register(models.Project)
@@ -32,6 +42,46 @@ class MembershipAdmin(admin.ModelAdmin):
     list_filter = ["role", "project"]
     search_fields = ["user__username", "project__name"]
     list_select_related = ["project", "user"]
+    autocomplete_fields = ["user"]
+
+    def get_readonly_fields(self, request, obj=None):
+        # Who and where are fixed once a membership exists; only the role changes.
+        return ["project", "user"] if obj is not None else []
+
+    def save_model(self, request, obj, form, change):
+        try:
+            services.membership_set(
+                project=obj.project, username=obj.user.get_username(), role=obj.role
+            )
+        except TandemError as exc:
+            self.message_user(request, exc.message, messages.ERROR)
+
+    def delete_model(self, request, obj):
+        try:
+            services.membership_remove(project=obj.project, username=obj.user.get_username())
+        except TandemError as exc:
+            self.message_user(request, exc.message, messages.ERROR)
+
+    def delete_queryset(self, request, queryset):
+        for membership in queryset.select_related("project", "user"):
+            self.delete_model(request, membership)
+
+
+@admin.register(models.ApiToken)
+class ApiTokenAdmin(admin.ModelAdmin):
+    """Tokens can be looked at and revoked here; they are issued only to their owner (the API)."""
+
+    list_display = ["token_key", "name", "user", "created", "expiry"]
+    list_select_related = ["user"]
+    search_fields = ["token_key", "name", "user__username"]
+    fields = ["token_key", "name", "user", "created", "expiry"]
+    readonly_fields = fields
+
+    def has_add_permission(self, request) -> bool:
+        return False
+
+    def has_change_permission(self, request, obj=None) -> bool:
+        return False
 
 
 @admin.register(models.Prompt)

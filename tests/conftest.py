@@ -1,10 +1,19 @@
 import pytest
+from django.core.cache import cache
 from rest_framework.test import APIClient
 
 from annotation import services
 from annotation.models import Role
 from annotation.services.tokens import token_issue
 from tests.factories import ProjectFactory, UserFactory, import_tasks
+
+
+@pytest.fixture(autouse=True)
+def _fresh_cache():
+    """Throttle and failed-login counters live in the cache: no test inherits another's."""
+    cache.clear()
+    yield
+    cache.clear()
 
 
 @pytest.fixture
@@ -23,7 +32,8 @@ def api():
 
 @pytest.fixture
 def cast(db):
-    """A pairwise project with ten tasks and one user in every role, plus an outsider."""
+    """A pairwise project with ten tasks and one user in every role, plus an outsider and a
+    former annotator who was removed from the project."""
     manager = UserFactory(is_staff=False)
     project = ProjectFactory(creator=UserFactory(is_staff=True))
     services.membership_set(project=project, username=manager.username, role=Role.MANAGER)
@@ -31,6 +41,9 @@ def cast(db):
     services.membership_set(project=project, username=annotator.username, role=Role.ANNOTATOR)
     services.membership_set(project=project, username=other.username, role=Role.ANNOTATOR)
     services.membership_set(project=project, username=trainer.username, role=Role.TRAINER)
+    removed = UserFactory()
+    services.membership_set(project=project, username=removed.username, role=Role.ANNOTATOR)
+    services.membership_remove(project=project, username=removed.username)
     import_tasks(project, 10)
 
     class Cast:
@@ -45,4 +58,5 @@ def cast(db):
         trainer,
         outsider,
     )
+    c.removed = removed
     return c

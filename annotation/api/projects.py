@@ -1,6 +1,6 @@
 """/api/v1 projects and their members."""
 
-from drf_spectacular.utils import extend_schema, inline_serializer
+from drf_spectacular.utils import OpenApiResponse, extend_schema, inline_serializer
 from rest_framework import serializers, status
 from rest_framework.response import Response
 from rest_framework.views import APIView
@@ -86,12 +86,35 @@ class ProjectDetailApi(APIView):
         )
 
 
-class MembershipCreateApi(APIView):
+class MemberSerializer(serializers.Serializer):
+    username = serializers.CharField(source="user.username")
+    role = serializers.ChoiceField(choices=Role.choices)
+
+
+class MembershipListCreateApi(APIView):
+    """A project's members: listed and added by its managers."""
+
     class InputSerializer(serializers.Serializer):
         username = serializers.CharField()
         role = serializers.ChoiceField(choices=Role.choices)
 
-    @extend_schema(request=InputSerializer, responses={201: InputSerializer})
+    class OutputSerializer(serializers.Serializer):
+        username = serializers.CharField(source="user.username")
+        role = serializers.CharField()
+        created_at = serializers.DateTimeField()
+
+    @extend_schema(responses={200: OutputSerializer(many=True)})
+    def get(self, request, project_id: int):
+        project, _ = selectors.access_project(
+            user=request.user, project_id=project_id, roles=selectors.MANAGE
+        )
+        members = selectors.members_of(project=project)
+        return Response(self.OutputSerializer(members, many=True).data)
+
+    @extend_schema(
+        request=InputSerializer,
+        responses={201: MemberSerializer, 409: OpenApiResponse(description="project archived")},
+    )
     def post(self, request, project_id: int):
         project, _ = selectors.access_project(
             user=request.user, project_id=project_id, roles=selectors.MANAGE
@@ -100,7 +123,44 @@ class MembershipCreateApi(APIView):
         membership = services.membership_set(
             project=project, username=data["username"], role=data["role"]
         )
-        return Response(
-            {"username": membership.user.username, "role": membership.role},
-            status=status.HTTP_201_CREATED,
+        return Response(MemberSerializer(membership).data, status=status.HTTP_201_CREATED)
+
+
+class MembershipDetailApi(APIView):
+    """One member: their role changed, or removed (their live leases go back to the queue)."""
+
+    class InputSerializer(serializers.Serializer):
+        role = serializers.ChoiceField(choices=Role.choices)
+
+    @extend_schema(
+        request=InputSerializer,
+        responses={
+            200: MemberSerializer,
+            404: OpenApiResponse(description="not a member"),
+            409: OpenApiResponse(description="the last manager, or the project is archived"),
+        },
+    )
+    def patch(self, request, project_id: int, username: str):
+        project, _ = selectors.access_project(
+            user=request.user, project_id=project_id, roles=selectors.MANAGE
         )
+        data = valid(self.InputSerializer, request.data)
+        membership = services.membership_set(
+            project=project, username=username, role=data["role"], create=False
+        )
+        return Response(MemberSerializer(membership).data)
+
+    @extend_schema(
+        request=None,
+        responses={
+            204: OpenApiResponse(description="removed"),
+            404: OpenApiResponse(description="not a member"),
+            409: OpenApiResponse(description="the last manager, or the project is archived"),
+        },
+    )
+    def delete(self, request, project_id: int, username: str):
+        project, _ = selectors.access_project(
+            user=request.user, project_id=project_id, roles=selectors.MANAGE
+        )
+        services.membership_remove(project=project, username=username)
+        return Response(status=status.HTTP_204_NO_CONTENT)

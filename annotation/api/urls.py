@@ -4,11 +4,20 @@ from . import assignments, auth, export, imports, loop, projects
 
 urlpatterns = [
     path("auth/token", auth.TokenObtainApi.as_view(), name="token"),
+    path("auth/tokens", auth.TokenListApi.as_view(), name="tokens"),
+    path("auth/tokens/<str:token_key>", auth.TokenRevokeApi.as_view(), name="token-revoke"),
     path("users", auth.UserCreateApi.as_view(), name="users"),
     path("projects", projects.ProjectListCreateApi.as_view(), name="projects"),
     path("projects/<int:project_id>", projects.ProjectDetailApi.as_view(), name="project"),
     path(
-        "projects/<int:project_id>/members", projects.MembershipCreateApi.as_view(), name="members"
+        "projects/<int:project_id>/members",
+        projects.MembershipListCreateApi.as_view(),
+        name="members",
+    ),
+    path(
+        "projects/<int:project_id>/members/<str:username>",
+        projects.MembershipDetailApi.as_view(),
+        name="member",
     ),
     path("projects/<int:project_id>/imports", imports.ImportCreateApi.as_view(), name="imports"),
     path(

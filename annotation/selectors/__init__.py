@@ -8,11 +8,21 @@ from dataclasses import dataclass
 from typing import Any
 
 from django.contrib.auth.models import AbstractUser
-from django.db.models import Avg, Count, Q, QuerySet, Sum
+from django.db.models import Avg, Count, OuterRef, Q, QuerySet, Subquery, Sum
 from django.utils import timezone
 
 from ..errors import Forbidden, NotFound
-from ..models import Assignment, ImportJob, Judgement, Membership, Project, Role, Task, TaskResponse
+from ..models import (
+    ApiToken,
+    Assignment,
+    ImportJob,
+    Judgement,
+    Membership,
+    Project,
+    Role,
+    Task,
+    TaskResponse,
+)
 
 ANNOTATE = frozenset({Role.ANNOTATOR, Role.REVIEWER, Role.MANAGER})
 EXPORT = frozenset({Role.TRAINER, Role.MANAGER})
@@ -58,14 +68,31 @@ def access_project(
 
 
 def access_assignment(*, user: AbstractUser, assignment_id: int) -> Assignment:
-    """The caller's own assignment; anyone else's looks absent."""
+    """The caller's own assignment, while they may still annotate in its project.
+
+    Anyone else's assignment, or one in a project the caller was removed from, looks absent; a
+    member demoted to a role that does not annotate gets Forbidden. Every write through a lease
+    re-checks the membership here, in the same single query that loads the assignment.
+    """
+    member_role = Membership.objects.filter(project=OuterRef("project_id"), user=user).values(
+        "role"
+    )[:1]
     assignment = (
         Assignment.objects.select_related("task", "project")
+        .annotate(member_role=Subquery(member_role))
         .filter(pk=assignment_id, annotator=user)
         .first()
     )
     if assignment is None:
         raise NotFound("assignment not found")
+    if user.is_staff:
+        return assignment
+    if assignment.member_role is None:
+        raise NotFound("assignment not found")
+    if assignment.member_role not in ANNOTATE:
+        raise Forbidden(
+            f"your role in this project ({assignment.member_role}) does not allow annotating"
+        )
     return assignment
 
 
@@ -180,3 +207,21 @@ def annotator_table(*, project: Project) -> list[dict[str, Any]]:
 
 def imports_of(*, project: Project) -> QuerySet[ImportJob]:
     return ImportJob.objects.filter(project=project).order_by("-id")
+
+
+def members_of(*, project: Project) -> QuerySet[Membership]:
+    """The project's members with their roles, for its managers."""
+    return (
+        Membership.objects.filter(project=project).select_related("user").order_by("user__username")
+    )
+
+
+def tokens_of(*, user: AbstractUser) -> QuerySet[ApiToken]:
+    """The user's own API tokens that still work: unexpired and issued under the current password."""
+    from ..services.tokens import password_fingerprint
+
+    return ApiToken.objects.filter(
+        Q(expiry__isnull=True) | Q(expiry__gt=timezone.now()),
+        user=user,
+        password_fingerprint=password_fingerprint(user),
+    ).order_by("-created")

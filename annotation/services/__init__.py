@@ -1,18 +1,29 @@
 """Every write in Tandem goes through a function here, split by sub-domain."""
 
-from .assignment import assignment_current_or_lease, assignment_lease, assignment_skip
+from .assignment import (
+    assignment_acquire,
+    assignment_current_or_lease,
+    assignment_lease,
+    assignment_skip,
+)
 from .imports import import_create, import_run
 from .judgement import judgement_submit
-from .projects import membership_set, project_create, user_create
+from .projects import membership_remove, membership_set, project_create, user_create
+from .tokens import token_issue, token_revoke, token_sweep
 
 __all__ = [
+    "assignment_acquire",
     "assignment_current_or_lease",
     "assignment_lease",
     "assignment_skip",
     "import_create",
     "import_run",
     "judgement_submit",
+    "membership_remove",
     "membership_set",
     "project_create",
+    "token_issue",
+    "token_revoke",
+    "token_sweep",
     "user_create",
 ]

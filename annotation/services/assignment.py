@@ -17,6 +17,7 @@ from django.utils import timezone
 from ..errors import Conflict
 from ..models import Assignment, Project, Prompt, Task
 from ..selectors import live_assignment_for
+from .guards import project_ensure_writable
 
 # A lease attempt can lose a race (same annotator in two tabs) or land on a task whose expired
 # leases turn out to be still live; a few retries cover both without looping forever.
@@ -60,14 +61,26 @@ def earliest_live_expiry(task: Task) -> datetime | None:
     )["m"]
 
 
-# On Postgres the whole lease is one statement: lock the queue head (skipping rows others hold),
-# insert the assignment, count it on the task, and return what the annotator is shown. One round
-# trip instead of seven keeps the hot path short. A head whose leases have expired is left to the
-# general path below, under the lock this statement already took.
+# On Postgres the whole lease is one round trip. The first statement serialises leases of one
+# annotator (a transaction-scoped advisory lock, released at commit), so two parallel requests of
+# the same annotator cannot each take a task. The second statement, which runs after the lock is
+# granted and so sees the other request's committed lease, returns the annotator's live lease in
+# the project if there is one (leasing is idempotent: looping on "lease" cannot drain the queue);
+# otherwise it locks the queue head (skipping rows others hold), inserts the assignment, counts it
+# on the task, and returns what the annotator is shown. A head whose leases have expired is left to
+# the general path below, under the lock this statement already took.
+_LEASE_LOCK_SQL = "SELECT pg_advisory_xact_lock(%(lock_space)s, %(annotator)s)"
 _LEASE_SQL = """
-WITH head AS (
+WITH held AS (
+    SELECT a.id, a.task_id, a.leased_at, a.expires_at FROM annotation_assignment a
+    WHERE a.annotator_id = %(annotator)s AND a.project_id = %(project)s AND a.status = 'leased'
+      AND a.expires_at > %(now)s
+    ORDER BY a.leased_at
+    LIMIT 1
+), head AS (
     SELECT t.id, t.next_lease_expiry FROM annotation_task t
-    WHERE t.project_id = %(project)s AND NOT t.is_complete
+    WHERE NOT EXISTS (SELECT 1 FROM held)
+      AND t.project_id = %(project)s AND NOT t.is_complete
       AND (t.judgement_count < t.overlap - t.live_leases OR t.next_lease_expiry <= %(now)s)
       AND NOT EXISTS (
           SELECT 1 FROM annotation_assignment a WHERE a.task_id = t.id AND a.annotator_id = %(annotator)s
@@ -88,26 +101,50 @@ WITH head AS (
     RETURNING t.id, t.prompt_id, t.kind, t.round, t.priority, t.overlap, t.judgement_count, t.live_leases,
               t.next_lease_expiry, t.purpose
 )
-SELECT head.id, leased.id, counted.prompt_id, counted.kind, counted.round, counted.priority, counted.overlap,
-       counted.judgement_count, counted.live_leases, counted.next_lease_expiry, counted.purpose, p.messages
+SELECT false, head.id, leased.id, counted.prompt_id, counted.kind, counted.round, counted.priority,
+       counted.overlap, counted.judgement_count, counted.live_leases, counted.next_lease_expiry, counted.purpose,
+       p.messages, %(now)s, %(expires)s
 FROM head
 LEFT JOIN leased ON true
 LEFT JOIN counted ON true
 LEFT JOIN annotation_prompt p ON p.id = counted.prompt_id
+UNION ALL
+SELECT true, t.id, held.id, t.prompt_id, t.kind, t.round, t.priority, t.overlap, t.judgement_count,
+       t.live_leases, t.next_lease_expiry, t.purpose, p.messages, held.leased_at, held.expires_at
+FROM held
+JOIN annotation_task t ON t.id = held.task_id
+JOIN annotation_prompt p ON p.id = t.prompt_id
 """
+# The advisory-lock key space of leases ("tand"), so it cannot collide with other advisory locks.
+_LEASE_LOCK_SPACE = 0x74616E64
 
 
 def _lease_in_one_statement(
     *, annotator: AbstractUser, project: Project, now: datetime, expires_at: datetime
-) -> tuple[Assignment | None, int | None]:
-    """(the new assignment, None), or (None, id of a locked head with expired leases), or (None, None)."""
-    params = {"project": project.pk, "annotator": annotator.pk, "now": now, "expires": expires_at}
+) -> tuple[Assignment | None, bool, int | None]:
+    """(assignment, created, None), or (None, False, id of a locked head with expired leases), or
+    (None, False, None) when nothing is left for the annotator."""
+    params = {
+        "project": project.pk,
+        "annotator": annotator.pk,
+        "now": now,
+        "expires": expires_at,
+        "lock_space": _LEASE_LOCK_SPACE,
+    }
     with connection.cursor() as cursor:
-        cursor.execute(_LEASE_SQL, params)
+        if connection.settings_dict.get("OPTIONS", {}).get("server_side_binding"):
+            # Server-side binding takes one statement per call: pay a second round trip.
+            cursor.execute(_LEASE_LOCK_SQL, params)
+            cursor.execute(_LEASE_SQL, params)
+        else:
+            # Client-side binding (Django's default) sends both statements in one round trip.
+            cursor.execute(f"{_LEASE_LOCK_SQL};{_LEASE_SQL}", params)
+            cursor.nextset()
         row = cursor.fetchone()
     if row is None:
-        return None, None
+        return None, False, None
     (
+        existing,
         head_id,
         assignment_id,
         prompt_id,
@@ -120,9 +157,11 @@ def _lease_in_one_statement(
         next_expiry,
         purpose,
         messages,
+        leased_at,
+        lease_expires_at,
     ) = row
     if assignment_id is None:
-        return None, head_id
+        return None, False, head_id
     if isinstance(messages, str):
         messages = json.loads(messages)
     task = Task(
@@ -133,10 +172,10 @@ def _lease_in_one_statement(
     task._state.adding = task.prompt._state.adding = False
     assignment = Assignment(
         id=assignment_id, task=task, annotator=annotator, project=project, status=Assignment.Status.LEASED,
-        leased_at=now, expires_at=expires_at,
+        leased_at=leased_at, expires_at=lease_expires_at,
     )  # fmt: skip
     assignment._state.adding = False
-    return assignment, None
+    return assignment, not existing, None
 
 
 def _lease_locked(
@@ -160,46 +199,72 @@ def _lease_locked(
     return assignment
 
 
-def assignment_lease(*, annotator: AbstractUser, project: Project) -> Assignment | None:
-    """Leases the next task to the annotator, or returns None when nothing is left for them.
+def assignment_acquire(
+    *, annotator: AbstractUser, project: Project
+) -> tuple[Assignment | None, bool]:
+    """The annotator's live lease in the project, or else a new lease on the next task.
 
-    Preconditions: the annotator may annotate in the project (checked by the caller's access selector).
+    Returns (assignment, created): created is False when the annotator already held a live lease
+    here (it comes back unchanged), and the assignment is None when nothing is left for them. One
+    live lease per annotator and project, so looping on this cannot drain the queue.
+    Preconditions: the annotator may annotate in the project (checked by the caller's access
+    selector). Raises Conflict when the project is archived.
     """
+    project_ensure_writable(project=project)
     for _ in range(_LEASE_ATTEMPTS):
         now = timezone.now()
         try:
             with transaction.atomic():
                 if connection.vendor == "postgresql":
                     expires_at = now + timedelta(seconds=project.lease_seconds)
-                    assignment, expired_head = _lease_in_one_statement(
+                    assignment, created, expired_head = _lease_in_one_statement(
                         annotator=annotator, project=project, now=now, expires_at=expires_at
                     )
                     if assignment is not None:
-                        return assignment
+                        return assignment, created
                     if expired_head is None:
-                        return None
+                        return None, False
                     task = Task.objects.select_related("prompt").get(pk=expired_head)
                 else:
+                    # SQLite's IMMEDIATE transactions serialise writers, so this look-up and the
+                    # lease below cannot interleave with another request of the same annotator.
+                    held = live_assignment_for(annotator=annotator, project=project)
+                    if held is not None:
+                        return held, False
                     task = _queue_head(annotator=annotator, project=project, now=now)
                     if task is None:
-                        return None
+                        return None, False
                 assignment = _lease_locked(task=task, annotator=annotator, project=project, now=now)
                 if assignment is not None:
-                    return assignment
+                    return assignment, True
         except IntegrityError:
             # The same annotator leased this task in a parallel request: take the next one.
             continue
-    return None
+    return None, False
+
+
+def assignment_lease(*, annotator: AbstractUser, project: Project) -> Assignment | None:
+    """The annotator's live lease in the project, else a new one, else None (nothing left).
+
+    Preconditions as `assignment_acquire`.
+    """
+    return assignment_acquire(annotator=annotator, project=project)[0]
 
 
 def assignment_skip(*, assignment: Assignment) -> None:
     """Gives the task back to the queue; the annotator will not be offered it again.
 
-    Preconditions: the assignment belongs to the caller (checked by the access selector).
+    Preconditions: the assignment belongs to the caller, who may still annotate in its project
+    (checked by the access selector). Raises Conflict when the project is archived.
     """
     now = timezone.now()
     with transaction.atomic():
-        task = Task.objects.select_for_update().get(pk=assignment.task_id)
+        task = (
+            Task.objects.select_for_update(of=("self",))
+            .select_related("project")
+            .get(pk=assignment.task_id)
+        )
+        project_ensure_writable(project=task.project)
         current = Assignment.objects.select_for_update().get(pk=assignment.pk)
         if current.status == Assignment.Status.SUBMITTED:
             raise Conflict("this assignment was already submitted")
@@ -216,7 +281,8 @@ def assignment_skip(*, assignment: Assignment) -> None:
 
 
 def assignment_current_or_lease(*, annotator: AbstractUser, project: Project) -> Assignment | None:
-    """The lease the annotator already holds in the project (a reload shows the same task), else a new one."""
-    return live_assignment_for(annotator=annotator, project=project) or assignment_lease(
-        annotator=annotator, project=project
-    )
+    """The lease the annotator already holds in the project (a reload shows the same task), else a new one.
+
+    Kept for the pages; leasing itself is idempotent now, so this is `assignment_lease`.
+    """
+    return assignment_lease(annotator=annotator, project=project)

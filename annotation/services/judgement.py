@@ -9,8 +9,9 @@ from django.utils import timezone
 
 from ..errors import Conflict, InvalidInput
 from ..feedback import clean_common, schema_for
-from ..models import Assignment, Judgement, Task
+from ..models import Assignment, Judgement, Project, Task
 from .assignment import earliest_live_expiry
+from .guards import project_ensure_writable
 
 MAX_IDEMPOTENCY_KEY = 128
 
@@ -30,7 +31,9 @@ def judgement_submit(
 
     The same idempotency key again returns the first judgement with created=False and writes
     nothing. A submission after the lease expired is kept and counted (marked late): a human's
-    work is never thrown away. Preconditions: the assignment belongs to the caller.
+    work is never thrown away. Preconditions: the assignment belongs to the caller, who may still
+    annotate in its project (`selectors.access_assignment`). Raises Conflict when the project is
+    archived.
     """
     key = (idempotency_key or "").strip()
     if not key or len(key) > MAX_IDEMPOTENCY_KEY:
@@ -57,7 +60,12 @@ def judgement_submit(
                 if stored is not None:
                     return stored, True
                 # Already submitted or skipped: the general path below says which, under the same locks.
-            task = Task.objects.select_for_update().get(pk=assignment.task_id)
+            task = (
+                Task.objects.select_for_update(of=("self",))
+                .select_related("project")
+                .get(pk=assignment.task_id)
+            )
+            project_ensure_writable(project=task.project)
             current = Assignment.objects.select_for_update().get(pk=assignment.pk)
             if current.status == Assignment.Status.SUBMITTED:
                 # A replay finds its judgement here; the first submission never pays for this look-up.
@@ -150,6 +158,12 @@ SELECT judged.id, judged.late FROM judged, finished, counted
 """
 
 
+_LOCK_TASK_SQL = """
+SELECT p.archived FROM annotation_task t JOIN annotation_project p ON p.id = t.project_id
+WHERE t.id = %s FOR UPDATE OF t
+"""
+
+
 def _submit_postgres(
     *,
     assignment: Assignment,
@@ -162,9 +176,11 @@ def _submit_postgres(
 ) -> Judgement | None:
     """The judgement stored in one statement, or None when the assignment is not open any more."""
     with connection.cursor() as cursor:
-        cursor.execute(
-            "SELECT 1 FROM annotation_task WHERE id = %s FOR UPDATE", [assignment.task_id]
-        )
+        # The task lock comes first, as everywhere; the project's archived flag rides along, read
+        # under that lock, so an archived project refuses the write at no extra round trip.
+        cursor.execute(_LOCK_TASK_SQL, [assignment.task_id])
+        (archived,) = cursor.fetchone()
+        project_ensure_writable(project=Project(id=assignment.project_id, archived=archived))
         cursor.execute(
             _SUBMIT_SQL,
             {

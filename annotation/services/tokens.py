@@ -5,7 +5,9 @@ import hmac
 
 from django.conf import settings
 from django.contrib.auth.models import AbstractUser
+from django.utils import timezone
 
+from ..errors import NotFound
 from ..models import ApiToken
 
 MAX_TOKENS_PER_USER = 50
@@ -28,3 +30,19 @@ def token_issue(*, user: AbstractUser, name: str = "") -> tuple[ApiToken, str]:
         user=user, name=name[:100], password_fingerprint=password_fingerprint(user)
     )
     return token, secret
+
+
+def token_revoke(*, user: AbstractUser, token_key: str) -> None:
+    """Deletes one of the user's own tokens; anyone else's looks absent (NotFound)."""
+    deleted, _ = ApiToken.objects.filter(user=user, token_key=token_key).delete()
+    if not deleted:
+        raise NotFound("token not found")
+
+
+def token_sweep() -> int:
+    """Deletes expired tokens (authentication refuses them already); returns how many went.
+
+    Run periodically: authentication itself never writes, so nothing else removes them.
+    """
+    deleted, _ = ApiToken.objects.filter(expiry__lt=timezone.now()).delete()
+    return deleted

@@ -3,8 +3,10 @@
 import json
 
 import pytest
+from django.core.cache import cache
+from rest_framework.throttling import ScopedRateThrottle
 
-from annotation.models import Judgement, Membership
+from annotation.models import ApiToken, Assignment, Judgement, Membership, Task
 from tests.factories import PASSWORD, UserFactory, jsonl, pairwise_lines, wait_for_export_horizon
 
 pytestmark = pytest.mark.django_db
@@ -75,6 +77,7 @@ def test_import_jsonl_body(cast, api, name, code):
         f"/api/v1/projects/{cast.project.pk}/imports", body, content_type="application/x-ndjson"
     )
     assert response.status_code == code, response.content
+    assert Task.objects.filter(project=cast.project).count() == (13 if code == 201 else 10)
     if code == 201:
         data = response.json()
         assert data["status"] == "done" and data["created"] == 3 and data["errors"] == []
@@ -114,11 +117,38 @@ def test_import_status_visibility(cast, api, name, code):
 
 @pytest.mark.parametrize(
     ("name", "code"),
-    [("annotator", 201), ("manager", 201), ("trainer", 403), ("outsider", 404), ("anonymous", 401)],
+    [
+        ("annotator", 201),
+        ("other", 201),
+        ("manager", 201),
+        ("trainer", 403),
+        ("outsider", 404),
+        ("removed", 404),
+        ("anonymous", 401),
+    ],
 )
 def test_lease(cast, api, name, code):
     response = api(who(cast, name)).post(f"/api/v1/projects/{cast.project.pk}/assignments")
     assert response.status_code == code
+    if code == 201:
+        assignment = Assignment.objects.get()
+        assert assignment.annotator == who(cast, name) and response.json()["id"] == assignment.pk
+        assert Task.objects.get(pk=assignment.task_id).live_leases == 1
+    else:
+        # A refused lease wrote nothing.
+        assert not Assignment.objects.exists()
+        assert not Task.objects.filter(live_leases__gt=0).exists()
+
+
+def test_leasing_again_returns_the_same_lease_with_200(cast, api):
+    client = api(cast.annotator)
+    url = f"/api/v1/projects/{cast.project.pk}/assignments"
+    first = client.post(url)
+    again = [client.post(url) for _ in range(5)]
+    assert first.status_code == 201
+    assert {r.status_code for r in again} == {200}
+    assert all(r.json() == first.json() for r in again)
+    assert Assignment.objects.count() == 1
 
 
 def test_lease_answers_204_when_nothing_is_left(cast, api):
@@ -142,6 +172,7 @@ def test_lease_answers_204_when_nothing_is_left(cast, api):
         ("manager", 404),
         ("trainer", 404),
         ("outsider", 404),
+        ("removed", 404),
         ("anonymous", 401),
     ],
 )
@@ -155,6 +186,12 @@ def test_judgement_only_by_the_lease_holder(cast, api, name, code):
     )
     assert response.status_code == code
     assert Judgement.objects.count() == (1 if code == 201 else 0)
+    task = Task.objects.get(pk=lease["task"]["id"])
+    status = Assignment.objects.get(pk=lease["id"]).status
+    if code == 201:
+        assert (status, task.judgement_count, task.live_leases) == ("submitted", 1, 0)
+    else:
+        assert (status, task.judgement_count, task.live_leases) == ("leased", 0, 1)
 
 
 def test_judgement_validation_and_idempotency_over_http(cast, api):
@@ -180,11 +217,26 @@ def test_judgement_validation_and_idempotency_over_http(cast, api):
 
 
 @pytest.mark.parametrize(
-    ("name", "code"), [("annotator", 204), ("other", 404), ("manager", 404), ("anonymous", 401)]
+    ("name", "code"),
+    [
+        ("annotator", 204),
+        ("other", 404),
+        ("manager", 404),
+        ("trainer", 404),
+        ("outsider", 404),
+        ("removed", 404),
+        ("anonymous", 401),
+    ],
 )
 def test_skip(cast, api, name, code):
     lease = api(cast.annotator).post(f"/api/v1/projects/{cast.project.pk}/assignments").json()
     assert api(who(cast, name)).post(f"/api/v1/assignments/{lease['id']}/skip").status_code == code
+    assignment = Assignment.objects.get(pk=lease["id"])
+    task = Task.objects.get(pk=assignment.task_id)
+    if code == 204:
+        assert (assignment.status, task.live_leases) == ("skipped", 0)
+    else:
+        assert (assignment.status, task.live_leases) == ("leased", 1)
 
 
 @pytest.mark.django_db(transaction=True)
@@ -287,3 +339,61 @@ def test_openapi_schema_and_docs(api, db, client):
         and b"/api/v1/assignments/{assignment_id}/judgement" in schema.content
     )
     assert client.get("/api/docs/").status_code == 200
+
+
+# --- throttles (the test settings leave every scope unthrottled; these put rates back) ------------
+
+
+@pytest.fixture
+def throttle(monkeypatch):
+    """throttle(scope) limits that one scope to two requests a minute; the others stay open."""
+
+    def limit(scope: str) -> None:
+        rates = {"token": None, "lease": None, "submit": None, scope: "2/min"}
+        monkeypatch.setattr(ScopedRateThrottle, "THROTTLE_RATES", rates)
+        cache.clear()
+
+    return limit
+
+
+def test_the_token_scope_throttles(throttle, api, db):
+    throttle("token")
+    user = UserFactory()
+    body = {"username": user.username, "password": PASSWORD}
+    codes = [api().post("/api/v1/auth/token", body, format="json").status_code for _ in range(3)]
+    assert codes == [200, 200, 429]
+    assert ApiToken.objects.filter(user=user).count() == 2
+
+
+def test_the_lease_scope_throttles(throttle, cast, api):
+    throttle("lease")
+    client = api(cast.annotator)
+    url = f"/api/v1/projects/{cast.project.pk}/assignments"
+    first = client.post(url)
+    assert client.post(f"/api/v1/assignments/{first.json()['id']}/skip").status_code == 204
+    assert client.post(url).status_code == 201
+    assert client.post(url).status_code == 429
+    assert Assignment.objects.count() == 2
+    # Per user: another annotator is not slowed down by the first one.
+    assert api(cast.other).post(url).status_code == 201
+
+
+def test_the_submit_scope_throttles(throttle, cast, api):
+    throttle("submit")
+    client = api(cast.annotator)
+    codes = []
+    for i in range(3):
+        lease = client.post(f"/api/v1/projects/{cast.project.pk}/assignments").json()
+        codes.append(
+            client.post(
+                f"/api/v1/assignments/{lease['id']}/judgement",
+                {"choice": "A", "strength": 1},
+                format="json",
+                HTTP_IDEMPOTENCY_KEY=f"k{i}",
+            ).status_code
+        )
+    assert codes == [201, 201, 429]
+    assert Judgement.objects.count() == 2
+    # Skips share the scope.
+    assert client.post(f"/api/v1/assignments/{lease['id']}/skip").status_code == 429
+    assert Assignment.objects.get(pk=lease["id"]).status == "leased"

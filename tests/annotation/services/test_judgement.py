@@ -2,7 +2,7 @@ import pytest
 
 from annotation import services
 from annotation.errors import Conflict, InvalidInput
-from annotation.models import Judgement, Role, Task
+from annotation.models import Judgement, Project, Role, Task
 from tests.factories import ProjectFactory, UserFactory, import_tasks
 
 pytestmark = pytest.mark.django_db
@@ -107,3 +107,15 @@ def test_missing_idempotency_key_is_refused(lease):
         services.judgement_submit(
             assignment=lease, data={"choice": "A", "strength": 1}, idempotency_key=""
         )
+
+
+def test_an_archived_project_refuses_submissions_and_writes_nothing(lease):
+    Project.objects.filter(pk=lease.project_id).update(archived=True)
+    with pytest.raises(Conflict, match="archived"):
+        services.judgement_submit(
+            assignment=lease, data={"choice": "A", "strength": 1}, idempotency_key="k"
+        )
+    lease.refresh_from_db()
+    task = Task.objects.get(pk=lease.task_id)
+    assert lease.status == "leased" and not Judgement.objects.exists()
+    assert (task.judgement_count, task.live_leases, task.is_complete) == (0, 1, False)
