@@ -9,6 +9,8 @@ from django.template.loader import get_template
 from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerSplitView
 
+from annotation.auth import LoginView
+
 
 def _inline_style_hashes(template_name: str) -> list[str]:
     """CSP hashes of a third-party template's fixed <style> blocks: those and nothing else run."""
@@ -30,7 +32,7 @@ urlpatterns = [
     path("api/v1/", include(("annotation.api.urls", "api"), namespace="api")),
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
     path("api/docs/", api_docs, name="api-docs"),
-    path("accounts/login/", auth_views.LoginView.as_view(), name="login"),
+    path("accounts/login/", LoginView.as_view(), name="login"),
     path("accounts/logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("", include(("annotation.urls", "annotation"), namespace="annotation")),
 ]

@@ -11,7 +11,14 @@ from django.db.models import Count, QuerySet, Sum
 
 from ..errors import NotFound
 from ..models import Assignment, Judgement, Membership, Project, Task
-from . import ANNOTATE, EXPORT, MANAGE, access_project, project_visible_to, roles_of
+from . import (
+    ANNOTATE,
+    EXPORT,
+    MANAGE,
+    access_assignment,
+    project_visible_to,
+    roles_of,
+)
 
 
 def can_create_project(*, user: AbstractUser) -> bool:
@@ -89,12 +96,7 @@ def access_project_assignment(
     Checking the membership as well as the owner means someone removed from a project cannot
     keep submitting through a lease they held before.
     """
-    project, _ = access_project(user=user, project_id=project_id, roles=ANNOTATE)
-    assignment = (
-        Assignment.objects.select_related("task")
-        .filter(pk=assignment_id, annotator=user, project=project)
-        .first()
-    )
-    if assignment is None:
+    assignment = access_assignment(user=user, assignment_id=assignment_id)
+    if assignment.project_id != project_id:
         raise NotFound("assignment not found")
-    return project, assignment
+    return assignment.project, assignment
