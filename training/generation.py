@@ -50,35 +50,45 @@ class GenerationConfig:
     k: int = field(
         default=4,
         metadata={
-            "help": "Completions sampled per prompt (K in Online-RLHF; pairs are chosen among them)."
+            "min": 1,
+            "max": 64,
+            "help": "Completions sampled per prompt (K in Online-RLHF; pairs are chosen among them).",
         },
     )
     temperature: float = field(
         default=1.0,
         metadata={
-            "help": "Sampling temperature; 0 means greedy (then all K completions are identical)."
+            "min": 0,
+            "max": 10,
+            "help": "Sampling temperature; 0 means greedy (then all K completions are identical).",
         },
     )
     top_p: float = field(
         default=1.0,
         metadata={
-            "help": "Nucleus sampling: keep the smallest token set whose probability reaches top_p."
+            "min": 0.001,
+            "max": 1,
+            "help": "Nucleus sampling: keep the smallest token set whose probability reaches top_p.",
         },
     )
     max_new_tokens: int = field(
         default=128,
-        metadata={"help": "Maximum tokens generated per completion."},
+        metadata={"min": 1, "max": 4096, "help": "Maximum tokens generated per completion."},
     )
     seed: int = field(
         default=0,
         metadata={
-            "help": "Sampling seed: the same seed, model and prompts give the same samples on CPU."
+            "min": 0,
+            "max": 4294967295,
+            "help": "Sampling seed: the same seed, model and prompts give the same samples on CPU.",
         },
     )
     batch_size: int = field(
         default=16,
         metadata={
-            "help": "Prompts per generate() call (transformers backend); each yields K sequences."
+            "min": 1,
+            "max": 1024,
+            "help": "Prompts per generate() call (transformers backend); each yields K sequences.",
         },
     )
 

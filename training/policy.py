@@ -61,30 +61,70 @@ class PolicyTrainingConfig:
     learning_rate: float = field(
         default=1e-6,
         metadata={
-            "help": "AdamW learning rate (Online-RLHF uses 5e-7 for 8B models; tiny models need ~1e-3)."
+            "min": 0,
+            "max": 1,
+            "help": "AdamW learning rate (Online-RLHF uses 5e-7 for 8B models; tiny models need ~1e-3).",
         },
     )
     epochs: float = field(
-        default=1.0, metadata={"help": "Passes over the data (ignored when max_steps > 0)."}
+        default=1.0,
+        metadata={
+            "min": 0,
+            "max": 1000,
+            "help": "Passes over the data (ignored when max_steps > 0).",
+        },
     )
-    max_steps: int = field(default=-1, metadata={"help": "Optimizer steps; > 0 overrides epochs."})
-    batch_size: int = field(default=8, metadata={"help": "Examples per device per step."})
+    max_steps: int = field(
+        default=-1,
+        metadata={"min": -1, "max": 1000000, "help": "Optimizer steps; > 0 overrides epochs."},
+    )
+    batch_size: int = field(
+        default=8, metadata={"min": 1, "max": 4096, "help": "Examples per device per step."}
+    )
     gradient_accumulation_steps: int = field(
-        default=1, metadata={"help": "Micro-batches accumulated per optimizer step."}
+        default=1,
+        metadata={"min": 1, "max": 1024, "help": "Micro-batches accumulated per optimizer step."},
     )
     warmup_ratio: float = field(
-        default=0.1, metadata={"help": "Fraction of steps with linear LR warm-up, in [0, 1)."}
+        default=0.1,
+        metadata={
+            "min": 0,
+            "max": 1,
+            "help": "Fraction of steps with linear LR warm-up, in [0, 1).",
+        },
     )
     lr_scheduler: str = field(
         default="linear",
-        metadata={"help": "transformers LR schedule: linear, cosine, constant, ..."},
+        metadata={
+            "choices": (
+                "linear",
+                "cosine",
+                "cosine_with_restarts",
+                "polynomial",
+                "constant",
+                "constant_with_warmup",
+                "inverse_sqrt",
+                "cosine_with_min_lr",
+                "warmup_stable_decay",
+            ),
+            "help": "transformers LR schedule: linear, cosine, constant, ...",
+        },
     )
     max_length: int = field(
         default=1024,
-        metadata={"help": "Longest prompt+completion in tokens; longer ones are truncated."},
+        metadata={
+            "min": 8,
+            "max": 32768,
+            "help": "Longest prompt+completion in tokens; longer ones are truncated.",
+        },
     )
     seed: int = field(
-        default=0, metadata={"help": "Seed for initialisation, shuffling and sampling."}
+        default=0,
+        metadata={
+            "min": 0,
+            "max": 4294967295,
+            "help": "Seed for initialisation, shuffling and sampling.",
+        },
     )
     precision: Literal["auto", "bf16", "fp32"] = field(
         default="auto", metadata={"help": "auto = bf16 mixed precision on CUDA, fp32 on CPU."}
@@ -93,25 +133,35 @@ class PolicyTrainingConfig:
         default=False,
         metadata={"help": "Recompute activations in backward: less memory, ~20% slower."},
     )
-    device: str = field(default="auto", metadata={"help": "auto, cpu or cuda."})
+    device: str = field(
+        default="auto", metadata={"choices": ("auto", "cpu", "cuda"), "help": "auto, cpu or cuda."}
+    )
     lora: bool = field(
         default=False,
         metadata={
             "help": "Train a LoRA adapter instead of all weights (published merged; see module docs)."
         },
     )
-    lora_r: int = field(default=16, metadata={"help": "LoRA rank."})
+    lora_r: int = field(default=16, metadata={"min": 1, "max": 1024, "help": "LoRA rank."})
     lora_alpha: int = field(
-        default=32, metadata={"help": "LoRA scaling alpha (update scaled by alpha/r)."}
+        default=32,
+        metadata={"min": 1, "max": 4096, "help": "LoRA scaling alpha (update scaled by alpha/r)."},
     )
-    lora_dropout: float = field(default=0.0, metadata={"help": "Dropout on the LoRA input."})
+    lora_dropout: float = field(
+        default=0.0, metadata={"min": 0, "max": 1, "help": "Dropout on the LoRA input."}
+    )
     lora_target_modules: str = field(
         default="all-linear",
         metadata={
-            "help": "Comma-separated module names to adapt, or all-linear (the LM head is always excluded)."
+            "max_length": 500,
+            "pattern": r"[A-Za-z0-9_.\-]+(,[A-Za-z0-9_.\-]+)*",
+            "help": "Comma-separated module names to adapt, or all-linear (the LM head is always excluded).",
         },
     )
-    logging_steps: int = field(default=1, metadata={"help": "Log metrics every N optimizer steps."})
+    logging_steps: int = field(
+        default=1,
+        metadata={"min": 1, "max": 1000000, "help": "Log metrics every N optimizer steps."},
+    )
 
 
 @dataclass
@@ -127,7 +177,9 @@ class DPOConfig(PolicyTrainingConfig):
     beta: float = field(
         default=0.1,
         metadata={
-            "help": "Strength of the pull towards the reference (IPO's τ). Higher = stay closer to π_0."
+            "min": 0.001,
+            "max": 100,
+            "help": "Strength of the pull towards the reference (IPO's τ). Higher = stay closer to π_0.",
         },
     )
 

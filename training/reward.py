@@ -49,23 +49,46 @@ class RewardConfig:
             "bundled all-MiniLM-L6-v2 encoder."
         },
     )
-    epochs: float = field(default=1.0, metadata={"help": "Passes over the training pairs."})
+    epochs: float = field(
+        default=1.0, metadata={"min": 0, "max": 1000, "help": "Passes over the training pairs."}
+    )
     max_steps: int = field(
         default=-1,
-        metadata={"help": "If > 0, stop after this many optimizer steps (overrides epochs)."},
+        metadata={
+            "min": -1,
+            "max": 1000000,
+            "help": "If > 0, stop after this many optimizer steps (overrides epochs).",
+        },
     )
-    learning_rate: float = field(default=3e-5, metadata={"help": "Peak AdamW learning rate."})
+    learning_rate: float = field(
+        default=3e-5, metadata={"min": 0, "max": 1, "help": "Peak AdamW learning rate."}
+    )
     warmup: float = field(
         default=0.1,
-        metadata={"help": "Linear warmup, as a fraction of all steps, before linear decay."},
+        metadata={
+            "min": 0,
+            "max": 1,
+            "help": "Linear warmup, as a fraction of all steps, before linear decay.",
+        },
     )
-    weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay."})
+    weight_decay: float = field(
+        default=0.0, metadata={"min": 0, "max": 1, "help": "AdamW weight decay."}
+    )
     batch_size: int = field(
-        default=16, metadata={"help": "Pairs per optimizer step (each pair is two sequences)."}
+        default=16,
+        metadata={
+            "min": 1,
+            "max": 4096,
+            "help": "Pairs per optimizer step (each pair is two sequences).",
+        },
     )
     max_length: int = field(
         default=384,
-        metadata={"help": "Tokens kept per prompt+completion sequence; longer ones are truncated."},
+        metadata={
+            "min": 8,
+            "max": 32768,
+            "help": "Tokens kept per prompt+completion sequence; longer ones are truncated.",
+        },
     )
     truncation_side: Literal["left", "right"] = field(
         default="left",
@@ -77,8 +100,10 @@ class RewardConfig:
     max_completion_length: int | None = field(
         default=None,
         metadata={
+            "min": 1,
+            "max": 32768,
             "help": "If set, long sequences keep the completion's first tokens (at least this many) and "
-            "the end of the prompt, instead of one cut on truncation_side."
+            "the end of the prompt, instead of one cut on truncation_side.",
         },
     )
     use_margin: bool = field(
@@ -91,8 +116,10 @@ class RewardConfig:
     center_rewards_coefficient: float | None = field(
         default=None,
         metadata={
+            "min": 0,
+            "max": 10,
             "help": "If set, adds coef · mean((r⁺ + r⁻)²) to keep rewards centred near 0 (Eisenstein et al. "
-            "2023); 0.01 is the usual value."
+            "2023); 0.01 is the usual value.",
         },
     )
     freeze_embeddings: bool = field(
@@ -102,7 +129,12 @@ class RewardConfig:
         },
     )
     freeze_layers: int = field(
-        default=0, metadata={"help": "Keep the lowest N transformer blocks fixed (0 trains all)."}
+        default=0,
+        metadata={
+            "min": 0,
+            "max": 1000,
+            "help": "Keep the lowest N transformer blocks fixed (0 trains all).",
+        },
     )
     mean_pooling: bool | None = field(
         default=None,
@@ -114,11 +146,19 @@ class RewardConfig:
     )
     seed: int = field(
         default=0,
-        metadata={"help": "Seed for the new head's initialisation, dropout and data order."},
+        metadata={
+            "min": 0,
+            "max": 4294967295,
+            "help": "Seed for the new head's initialisation, dropout and data order.",
+        },
     )
     cpu_threads: int = field(
         default=2,
-        metadata={"help": "torch threads when training on CPU (the CI machines have 2 cores)."},
+        metadata={
+            "min": 1,
+            "max": 256,
+            "help": "torch threads when training on CPU (the CI machines have 2 cores).",
+        },
     )
     bf16: bool = field(
         default=False,
@@ -135,7 +175,9 @@ class RewardConfig:
             "conversation: on HH-RLHF it cut CPU time by a third and held-out accuracy by 0.03."
         },
     )
-    logging_steps: int = field(default=5, metadata={"help": "Optimizer steps between loss logs."})
+    logging_steps: int = field(
+        default=5, metadata={"min": 1, "max": 1000000, "help": "Optimizer steps between loss logs."}
+    )
 
 
 @dataclass

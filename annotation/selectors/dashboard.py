@@ -195,7 +195,7 @@ def loop_dashboard(*, project: Project, now: datetime | None = None) -> LoopDash
     now = now or timezone.now()
     rounds = rounds_of(project=project)
     return LoopDashboard(
-        settings=LoopSettings.parse(project.loop),
+        settings=LoopSettings.for_display(project),
         rounds=rounds,
         table=[
             RoundLine(round=r, win_rate=win_rate_text(r), duration=round_duration(r, now))

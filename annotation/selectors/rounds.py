@@ -3,6 +3,7 @@
 import math
 from dataclasses import dataclass
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 from django.contrib.auth.models import AbstractUser
@@ -10,6 +11,7 @@ from django.db.models import Count, QuerySet
 from django.db.models.functions import TruncMinute
 
 from ..errors import NotFound
+from ..loop import project_artifact_root
 from ..models import Judgement, ModelVersion, Project, Round, TaskResponse, TrainingRun
 from . import EXPORT, access_project, project_visible_to
 
@@ -171,6 +173,28 @@ def access_model(*, user: AbstractUser, model_id: int) -> ModelVersion:
         raise NotFound("model version not found")
     access_project(user=user, project_id=version.project_id, roles=EXPORT)
     return version
+
+
+def model_artifact(*, version: ModelVersion) -> Path | None:
+    """The folder a download of `version` may serve, or None.
+
+    Only what the project's own runs published: a trained version (round 1 on; round 0 is the
+    base model, a hub id or a path in a model root, never served) whose path resolves, symlinks
+    and '..' followed, to a direct child of the project's own artifact folder that holds the
+    manifest training.artifacts writes last. A stored path pointing anywhere else serves nothing.
+    """
+    from training.artifacts import is_published
+
+    if version.round < 1 or not version.artifact_path.startswith("/"):
+        return None
+    try:
+        root = project_artifact_root(version.project_id).resolve(strict=True)
+        path = Path(version.artifact_path).resolve(strict=True)
+    except (OSError, RuntimeError, ValueError):
+        return None
+    if path.parent != root or path.name.startswith(".") or not path.is_dir():
+        return None
+    return path if is_published(path) else None
 
 
 def round_payload(row: RoundRow) -> dict[str, Any]:

@@ -14,12 +14,26 @@ before a crash is registered from its manifest instead of being trained again; a
 unique per (project, kind, round). A worker killed mid-stage leaves the run 'running' with a stale
 heartbeat, and `loop_tick` (run by beat) re-queues it. Triggers are derived from the database, never
 from a message, so a broker outage delays a round but cannot lose it.
+
+A re-queued run may still be alive (its heartbeat thread lost the database for a while, or the
+worker was only frozen), so two attempts of one stage can run at once. Each claim increments the
+run's `attempts`, and that number is the attempt's fencing token: every write an attempt makes
+(progress, heartbeat, responses, tasks, model versions, artifact publication, success or failure)
+happens in a transaction that first locks the run row and checks that `attempts` is still its own.
+A superseded attempt raises `Superseded` at its next write and stops, having written nothing; each
+attempt trains in its own scratch folder, so neither deletes the other's files.
 """
 
+import gzip
+import hashlib
 import logging
+import os
 import random
+import shutil
+import tarfile
 import threading
 import traceback
+import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import timedelta
@@ -31,8 +45,8 @@ from django.db import IntegrityError, connections, transaction
 from django.db.models import Max
 from django.utils import timezone
 
-from ..errors import Conflict, InvalidInput
-from ..loop import LoopSettings
+from ..errors import Conflict, InvalidInput, TandemError
+from ..loop import LoopSettings, model_reference_check, project_artifact_root
 from ..models import (
     FeedbackKind,
     Judgement,
@@ -47,6 +61,7 @@ from ..models import (
     TrainingRun,
 )
 from ..selectors.export import Position, export_judgements
+from .guards import project_ensure_writable
 
 logger = logging.getLogger(__name__)
 
@@ -55,19 +70,36 @@ MAX_ATTEMPTS = 3
 EVALUATION_PRIORITY = (
     1e6  # evaluation tasks are few and carry the round's headline number: ask first
 )
+# Sides and creation order of blind evaluations: unseeded and not replayable from anything an
+# annotator can see (a seed from the project and round numbers could be replayed).
+_BLIND = random.SystemRandom()
 
 
 class StageError(Exception):
     """A stage cannot run with the data at hand; the message is shown on the dashboard as is."""
 
 
+class Superseded(Exception):
+    """A newer attempt of this run was claimed: this attempt may write nothing more."""
+
+
+_LIVE = (TrainingRun.Status.QUEUED, TrainingRun.Status.RUNNING)
+
+
 # --- settings and starting ---------------------------------------------------------------------
 
 
 def loop_configure(*, project: Project, data: dict[str, Any]) -> LoopSettings:
-    """Validates and stores the loop settings (merged over the current ones)."""
-    merged = {**LoopSettings.parse(project.loop).as_json(), **data}
-    loop = LoopSettings.parse(merged)
+    """Validates and stores the loop settings (merged over the current ones).
+
+    The merge starts from the stored values unchecked, so settings that today's rules refuse can
+    still be fixed: the error then names the stored field that needs a new value.
+    """
+    project_ensure_writable(project=project)
+    if not isinstance(data, dict):
+        raise InvalidInput("the loop settings must be a JSON object")
+    merged = {**LoopSettings.stored(project.loop), **data}
+    loop = LoopSettings.parse(merged, project_id=project.pk)
     if project.kind != FeedbackKind.PAIRWISE and loop.enabled:
         raise InvalidInput(
             "the online loop runs on pairwise projects",
@@ -80,7 +112,8 @@ def loop_configure(*, project: Project, data: dict[str, Any]) -> LoopSettings:
 
 def round_start(*, project: Project, trigger: str = "manual") -> Round:
     """Queues the project's next round; Conflict when one is already queued or running."""
-    loop = LoopSettings.parse(project.loop)
+    project_ensure_writable(project=project)
+    loop = LoopSettings.of(project)
     if not loop.policy_model:
         raise InvalidInput(
             "set the loop's base policy before starting a round",
@@ -105,13 +138,24 @@ def round_start(*, project: Project, trigger: str = "manual") -> Round:
 
 
 def _base_policy(project: Project, loop: LoopSettings) -> ModelVersion:
-    """π_0 is registered as the round-0 policy version so every response can name its source."""
-    version, _ = ModelVersion.objects.get_or_create(
+    """π_0 is registered as the round-0 policy version so every response can name its source.
+
+    Only a checked reference is registered (a path as it resolves now, so a symlink swapped later
+    changes nothing); a version registered before references were checked is corrected.
+    """
+    reference = model_reference_check("policy_model", loop.policy_model, project_id=project.pk)
+    version, created = ModelVersion.objects.get_or_create(
         project=project,
         kind=ModelVersion.Kind.POLICY,
         round=0,
-        defaults={"name": "π0 (base)", "artifact_path": loop.policy_model},
+        defaults={"name": "π0 (base)", "artifact_path": reference},
     )
+    if not created:
+        try:
+            model_reference_check("policy_model", version.artifact_path, project_id=project.pk)
+        except InvalidInput:
+            version.artifact_path = reference
+            version.save(update_fields=["artifact_path"])
     return version
 
 
@@ -138,37 +182,74 @@ def fresh_judgements(*, project: Project) -> int:
 
 
 def loop_tick(*, stale_after: timedelta | None = None) -> list[int]:
-    """Starts due rounds and revives lost or dead jobs; returns the ids of the rounds it started."""
+    """Starts due rounds and revives lost or dead jobs; returns the ids of the rounds it started.
+
+    Each run and each project is handled on its own: one that fails (settings today's checks
+    refuse, a database error) is logged and recorded on its run, and the tick goes on with the rest.
+    """
     stale_after = stale_after or timedelta(seconds=django_settings.TANDEM_LOOP_STALE_SECONDS)
     now = timezone.now()
     for run in TrainingRun.objects.filter(
-        status__in=[TrainingRun.Status.QUEUED, TrainingRun.Status.RUNNING],
-        heartbeat_at__lt=now - stale_after,
+        status__in=_LIVE, heartbeat_at__lt=now - stale_after
     ).select_related("round__project"):
-        if run.round.status not in Round.ACTIVE or not _is_next(run):
-            continue
-        if run.attempts >= MAX_ATTEMPTS:
-            _fail(run, "the job died or was lost three times; see the worker logs")
-            continue
-        TrainingRun.objects.filter(pk=run.pk).update(
-            status=TrainingRun.Status.QUEUED, heartbeat_at=now
-        )
-        _enqueue(run, LoopSettings.parse(run.round.project.loop).queue)
+        try:
+            _revive(run, now=now, stale_before=now - stale_after)
+        except Exception:
+            logger.exception("loop_tick: could not revive run %s", run.pk)
 
     started = []
     for project in Project.objects.filter(archived=False, loop__enabled=True):
-        loop = LoopSettings.parse(project.loop)
-        if (
-            loop.trigger_judgements <= 0
-            or Round.objects.filter(project=project, status__in=Round.ACTIVE).exists()
-        ):
+        try:
+            with transaction.atomic():
+                round_id = _start_if_due(project)
+        except Exception:
+            logger.exception("loop_tick: could not check project %s for a due round", project.pk)
             continue
-        if fresh_judgements(project=project) >= loop.trigger_judgements:
-            try:
-                started.append(round_start(project=project, trigger="auto").pk)
-            except Conflict:
-                continue
+        if round_id is not None:
+            started.append(round_id)
     return started
+
+
+def _revive(run: TrainingRun, *, now: Any, stale_before: Any) -> None:
+    if run.round.status not in Round.ACTIVE or not _is_next(run):
+        return
+    if run.attempts >= MAX_ATTEMPTS:
+        _fail(run, "the job died or was lost three times; see the worker logs", attempt=None)
+        # No attempt will follow to clear the dead ones' scratch folders.
+        root = project_artifact_root(run.round.project_id)
+        for attempt in range(1, run.attempts + 1):
+            shutil.rmtree(root / _SCRATCH.format(run=run.pk, attempt=attempt), ignore_errors=True)
+        return
+    try:
+        queue = LoopSettings.of(run.round.project).queue
+    except InvalidInput as exc:
+        _fail(
+            run,
+            f"the project's loop settings are refused ({exc.message}); fix them and start a new round",
+            attempt=None,
+        )
+        return
+    # Only if nothing changed since the read: a run that just reported or finished stays as it is.
+    revived = TrainingRun.objects.filter(
+        pk=run.pk, status=run.status, attempts=run.attempts, heartbeat_at__lt=stale_before
+    ).update(status=TrainingRun.Status.QUEUED, heartbeat_at=now)
+    if revived:
+        _enqueue(run, queue)
+
+
+def _start_if_due(project: Project) -> int | None:
+    loop = LoopSettings.of(project)
+    if (
+        loop.trigger_judgements <= 0
+        or Round.objects.filter(project=project, status__in=Round.ACTIVE).exists()
+    ):
+        return None
+    if fresh_judgements(project=project) < loop.trigger_judgements:
+        return None
+    try:
+        return round_start(project=project, trigger="auto").pk
+    except Conflict:
+        return None
 
 
 def _is_next(run: TrainingRun) -> bool:
@@ -207,29 +288,42 @@ def stage_run(*, run_id: int) -> str:
             loop_round.started_at = now
             loop_round.save(update_fields=["status", "started_at"])
 
-    loop = LoopSettings.parse(loop_round.project.loop)
     try:
-        with _heartbeat(run):
-            STAGE_BODIES[run.stage](run, loop, _progress_reporter(run))
+        loop = LoopSettings.of(loop_round.project)
+        with _heartbeat(run) as beating:
+            STAGE_BODIES[run.stage](run, loop, _progress_reporter(run, beating))
+        with transaction.atomic():
+            _fence(run)
+            finished = timezone.now()
+            TrainingRun.objects.filter(pk=run.pk).update(
+                status=TrainingRun.Status.SUCCEEDED, finished_at=finished, heartbeat_at=finished
+            )
+            following = (
+                loop_round.runs.filter(position__gt=run.position).order_by("position").first()
+            )
+            if following is None:
+                Round.objects.filter(pk=loop_round.pk).update(
+                    status=Round.Status.SUCCEEDED, finished_at=finished
+                )
+            else:
+                TrainingRun.objects.filter(pk=following.pk).update(heartbeat_at=finished)
+                transaction.on_commit(lambda: _enqueue(following, loop.queue))
+    except Superseded:
+        logger.warning(
+            "round %s stage %s: attempt %s was superseded by a newer one and stopped",
+            loop_round.pk,
+            run.stage,
+            run.attempts,
+        )
+        return "superseded"
     except Exception as exc:
         logger.exception("round %s stage %s failed", loop_round.pk, run.stage)
-        message = str(exc) if isinstance(exc, StageError) else f"{type(exc).__name__}: {exc}"
-        _fail(run, message, detail=traceback.format_exc())
-        return TrainingRun.Status.FAILED
-
-    with transaction.atomic():
-        run.status = TrainingRun.Status.SUCCEEDED
-        run.finished_at = timezone.now()
-        run.heartbeat_at = run.finished_at
-        run.save()
-        following = loop_round.runs.filter(position__gt=run.position).order_by("position").first()
-        if following is None:
-            Round.objects.filter(pk=loop_round.pk).update(
-                status=Round.Status.SUCCEEDED, finished_at=run.finished_at
-            )
+        if isinstance(exc, StageError | TandemError):
+            message = str(exc)
         else:
-            TrainingRun.objects.filter(pk=following.pk).update(heartbeat_at=run.finished_at)
-            transaction.on_commit(lambda: _enqueue(following, loop.queue))
+            message = f"{type(exc).__name__}: {exc}"
+        _fail(run, message, detail=traceback.format_exc(), attempt=run.attempts)
+        return TrainingRun.Status.FAILED
     return TrainingRun.Status.SUCCEEDED
 
 
@@ -246,78 +340,167 @@ def round_run_inline(*, loop_round: Round) -> Round:
     return loop_round
 
 
-def _fail(run: TrainingRun, message: str, detail: str = "") -> None:
+def _fail(run: TrainingRun, message: str, detail: str = "", *, attempt: int | None) -> None:
+    """Marks the run and its round failed: from a stage, only while `attempt` is the newest one;
+    from loop_tick (`attempt=None`), only if no attempt claimed the run since it was read."""
     now = timezone.now()
     with transaction.atomic():
-        TrainingRun.objects.filter(pk=run.pk).update(
+        failed = TrainingRun.objects.filter(
+            pk=run.pk,
+            attempts=run.attempts if attempt is None else attempt,
+            status__in=_LIVE,
+        ).update(
             status=TrainingRun.Status.FAILED,
             error=message,
             log=(run.log + "\n" + detail).strip(),
             finished_at=now,
         )
-        Round.objects.filter(pk=run.round_id).update(
-            status=Round.Status.FAILED, error=f"{run.stage}: {message}", finished_at=now
-        )
+        if failed:
+            Round.objects.filter(pk=run.round_id).update(
+                status=Round.Status.FAILED, error=f"{run.stage}: {message}", finished_at=now
+            )
+
+
+def _fence(run: TrainingRun) -> None:
+    """Inside the transaction that writes: locks the run row and lets the write go on only while
+    this attempt is the newest and the run is still live. The claim of a newer attempt waits on
+    the same lock, so an attempt's writes land entirely before that claim or not at all."""
+    current = (
+        TrainingRun.objects.select_for_update()
+        .filter(pk=run.pk)
+        .values_list("attempts", "status")
+        .first()
+    )
+    if current is None or current[0] != run.attempts or current[1] not in _LIVE:
+        raise Superseded(f"run {run.pk}: attempt {run.attempts} is no longer the current one")
+
+
+class _Beating:
+    """What the heartbeat thread tells the stage: whether a newer attempt took the run over."""
+
+    def __init__(self) -> None:
+        self.superseded = threading.Event()
 
 
 @contextmanager
-def _heartbeat(run: TrainingRun) -> Iterator[None]:
+def _heartbeat(run: TrainingRun) -> Iterator[_Beating]:
     """Keeps the run's heartbeat fresh while its stage works, even through long silent steps.
 
     The thread dies with the worker process, so a SIGKILLed worker goes stale and loop_tick
-    re-queues the run; a live one never looks dead however long generation takes.
+    re-queues the run; a live one never looks dead however long generation takes. A database
+    error does not end the thread (it retries on a fresh connection at the next beat), and the
+    beat is fenced like every other write: once a newer attempt holds the run, it stops beating
+    and flags the stage to stop at its next progress report.
     """
     stop = threading.Event()
+    beating = _Beating()
     interval = max(1.0, django_settings.TANDEM_LOOP_STALE_SECONDS / 4)
 
     def beat() -> None:
         try:
             while not stop.wait(interval):
-                TrainingRun.objects.filter(pk=run.pk).update(heartbeat_at=timezone.now())
+                try:
+                    alive = TrainingRun.objects.filter(
+                        pk=run.pk, attempts=run.attempts, status__in=_LIVE
+                    ).update(heartbeat_at=timezone.now())
+                except Exception:
+                    logger.warning("heartbeat of run %s failed; retrying", run.pk, exc_info=True)
+                    connections.close_all()
+                    continue
+                if not alive:
+                    beating.superseded.set()
+                    return
         finally:
             connections.close_all()
 
     thread = threading.Thread(target=beat, name=f"heartbeat-run-{run.pk}", daemon=True)
     thread.start()
     try:
-        yield
+        yield beating
     finally:
         stop.set()
         thread.join(timeout=10)
 
 
-def _progress_reporter(run: TrainingRun) -> Callable[[Any], None]:
-    """Turns the training package's progress callbacks into row updates (and a heartbeat)."""
+def _progress_reporter(run: TrainingRun, beating: _Beating | None = None) -> Callable[[Any], None]:
+    """Turns the training package's progress callbacks into fenced row updates (and a heartbeat).
+
+    Raising here stops a superseded attempt's training at its next step.
+    """
 
     def report(progress: Any) -> None:
-        TrainingRun.objects.filter(pk=run.pk).update(
+        if beating is not None and beating.superseded.is_set():
+            raise Superseded(f"run {run.pk}: attempt {run.attempts} was superseded")
+        updated = TrainingRun.objects.filter(
+            pk=run.pk, attempts=run.attempts, status__in=_LIVE
+        ).update(
             progress_step=int(progress.step),
             progress_total=int(progress.total or 0),
             loss=progress.loss,
             heartbeat_at=timezone.now(),
         )
+        if not updated:
+            raise Superseded(f"run {run.pk}: attempt {run.attempts} was superseded")
 
     return report
 
 
 def _artifact_root(project: Project) -> Path:
-    root = Path(django_settings.TANDEM_ARTIFACT_ROOT) / f"project-{project.pk}"
+    root = project_artifact_root(project.pk)
     root.mkdir(parents=True, exist_ok=True)
     return root
 
 
-def _publish_once(root: Path, name: str, train: Callable[[], Any]) -> tuple[Path, dict[str, Any]]:
-    """Trains unless a previous attempt already published this artifact (then reads its manifest)."""
-    from training.artifacts import clean_stale_temp, is_published, read_manifest
+_SCRATCH = ".tmp-run-{run}-attempt-{attempt}"
+
+
+def _scratch(root: Path, run: TrainingRun) -> Path:
+    """This attempt's own scratch folder under the project's artifact folder.
+
+    Folders of this run's earlier attempts are removed: those attempts are superseded, so nothing
+    they still write there can be published. Other runs' folders are left alone.
+    """
+    for attempt in range(run.attempts):
+        shutil.rmtree(root / _SCRATCH.format(run=run.pk, attempt=attempt), ignore_errors=True)
+    scratch = root / _SCRATCH.format(run=run.pk, attempt=run.attempts)
+    shutil.rmtree(scratch, ignore_errors=True)
+    scratch.mkdir(parents=True)
+    return scratch
+
+
+def _publish_once(
+    run: TrainingRun, root: Path, name: str, train: Callable[[Path], Any]
+) -> tuple[Path, dict[str, Any]]:
+    """Trains unless a previous attempt already published this artifact (then reads its manifest).
+
+    `train(scratch)` publishes `scratch/name` (training.artifacts.publish_run); the finished run
+    is then moved to `root/name` under the fence, so only the newest attempt publishes.
+    """
+    from training.artifacts import is_published, read_manifest
 
     path = root / name
     if is_published(path):
         return path, dict(read_manifest(path).metrics)
     if path.exists():
         raise StageError(f"{path} exists but holds no manifest: remove it to retrain")
-    clean_stale_temp(root)
-    result = train()
-    return Path(result.path), dict(result.metrics)
+    scratch = _scratch(root, run)
+    try:
+        result = train(scratch)
+        built = Path(result.path)
+        with transaction.atomic():
+            _fence(run)
+            if path.exists():
+                raise StageError(f"{path} appeared while this attempt trained")
+            # Same file system, so the rename is atomic: readers see no run or a complete one.
+            os.rename(built, path)
+            fd = os.open(root, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    return path, dict(result.metrics)
 
 
 def _register(
@@ -328,6 +511,7 @@ def _register(
     metrics: dict[str, Any],
     parent: ModelVersion | None,
 ) -> ModelVersion:
+    """Registers the published model; the caller holds the fence in the same transaction."""
     version, _ = ModelVersion.objects.get_or_create(
         project=run.round.project,
         kind=kind,
@@ -376,23 +560,26 @@ def _stage_reward(run: TrainingRun, loop: LoopSettings, progress: Callable[[Any]
     )
     name = f"round-{loop_round.number}-reward"
     path, metrics = _publish_once(
+        run,
         _artifact_root(project),
         name,
-        lambda: train_reward_ensemble(
+        lambda scratch: train_reward_ensemble(
             train,
             config,
-            root=_artifact_root(project),
+            root=scratch,
             name=name,
             eval_pairs=held_out,
             progress=progress,
             data_cursor=cursor,
         ),
     )
-    version = _register(run, ModelVersion.Kind.REWARD, name, path, metrics, parent=None)
-    accuracy = (metrics.get("eval") or {}).get("accuracy")
-    Round.objects.filter(pk=loop_round.pk).update(
-        reward_version=version, reward_accuracy=accuracy, data_cursor=cursor, judgements=count
-    )
+    with transaction.atomic():
+        _fence(run)
+        version = _register(run, ModelVersion.Kind.REWARD, name, path, metrics, parent=None)
+        accuracy = (metrics.get("eval") or {}).get("accuracy")
+        Round.objects.filter(pk=loop_round.pk).update(
+            reward_version=version, reward_accuracy=accuracy, data_cursor=cursor, judgements=count
+        )
 
 
 def _previous_policy(project: Project, number: int) -> ModelVersion:
@@ -463,22 +650,25 @@ def _stage_policy(run: TrainingRun, loop: LoopSettings, progress: Callable[[Any]
     config = DPOConfig(**{"loss": "ipo" if loop.algorithm == "ipo" else "sigmoid", **loop.policy})
     name = f"round-{loop_round.number}-policy"
     path, metrics = _publish_once(
+        run,
         _artifact_root(project),
         name,
-        lambda: train_dpo(
+        lambda scratch: train_dpo(
             pairs,
             config,
             policy_ref=previous.artifact_path,
             reference_ref=base.artifact_path,
-            root=_artifact_root(project),
+            root=scratch,
             name=name,
             progress=progress,
             data_cursor=cursor,
             parent=previous.name,
         ),
     )
-    version = _register(run, ModelVersion.Kind.POLICY, name, path, metrics, parent=previous)
-    Round.objects.filter(pk=loop_round.pk).update(policy_version=version)
+    with transaction.atomic():
+        _fence(run)
+        version = _register(run, ModelVersion.Kind.POLICY, name, path, metrics, parent=previous)
+        Round.objects.filter(pk=loop_round.pk).update(policy_version=version)
 
 
 def prompt_batch(project: Project, number: int, size: int) -> list[Prompt]:
@@ -533,7 +723,20 @@ def _stage_generate(run: TrainingRun, loop: LoopSettings, progress: Callable[[An
         else []
     )
     progress(_Progress(progress_total, progress_total))
+    held_out = [
+        Response(
+            prompt=p, text=storable_text(texts[0]), model_name=version.name, model_version=version
+        )
+        for version, side in ((policy, new_side), (previous, old_side))
+        for p, texts in zip(evaluation, side, strict=True)
+    ]
+    # Blind evaluation: ids and creation times follow this order, so it must say nothing about
+    # which model wrote which response, within a task or across tasks.
+    _BLIND.shuffle(held_out)
     with transaction.atomic():
+        _fence(run)
+        if Response.objects.filter(model_version=policy).exists():
+            return
         Response.objects.bulk_create(
             Response(
                 prompt=p, text=storable_text(text), model_name=policy.name, model_version=policy
@@ -541,31 +744,14 @@ def _stage_generate(run: TrainingRun, loop: LoopSettings, progress: Callable[[An
             for p, texts in zip(prompts, samples, strict=True)
             for text in texts
         )
-        Response.objects.bulk_create(
-            Response(
-                prompt=p,
-                text=storable_text(texts[0]),
-                model_name=policy.name,
-                model_version=policy,
-            )
-            for p, texts in zip(evaluation, new_side, strict=True)
+        Response.objects.bulk_create(held_out)
+        TrainingRun.objects.filter(pk=run.pk).update(
+            metrics={
+                "prompts": len(prompts),
+                "samples": sum(len(s) for s in samples),
+                "evaluation_prompts": len(evaluation),
+            }
         )
-        Response.objects.bulk_create(
-            Response(
-                prompt=p,
-                text=storable_text(texts[0]),
-                model_name=previous.name,
-                model_version=previous,
-            )
-            for p, texts in zip(evaluation, old_side, strict=True)
-        )
-    TrainingRun.objects.filter(pk=run.pk).update(
-        metrics={
-            "prompts": len(prompts),
-            "samples": sum(len(s) for s in samples),
-            "evaluation_prompts": len(evaluation),
-        }
-    )
 
 
 def storable_text(text: str) -> str:
@@ -620,12 +806,15 @@ def _stage_select(run: TrainingRun, loop: LoopSettings, progress: Callable[[Any]
     humans = round(len(selected) * loop.human_share)
     progress(_Progress(1, 2))
 
-    rng = random.Random(f"{project.pk}-{loop_round.number}")
     with transaction.atomic():
+        _fence(run)
+        if Task.objects.filter(project=project, round=loop_round.number).exists():
+            return
         for index, pick in enumerate(selected):
             pid = prompt_ids[pick.prompt_index]
             first, second = responses[pid][pick.first], responses[pid][pick.second]
             auto_label = None
+            shown = [first, second]
             if index >= humans:
                 mean = per_prompt[pick.prompt_index].members.mean(axis=0)
                 auto_label = {
@@ -633,10 +822,13 @@ def _stage_select(run: TrainingRun, loop: LoopSettings, progress: Callable[[Any]
                     "margin": float(mean[pick.first] - mean[pick.second]),
                     "reward_version": loop_round.reward_version_id,
                 }
+            else:
+                # Humans see the pair in random order, not the ensemble's favourite always as A.
+                _BLIND.shuffle(shown)
             _task_create(
                 project,
                 prompts[pid],
-                [first, second],
+                shown,
                 round_number=loop_round.number,
                 priority=pick.priority,
                 auto_label=auto_label,
@@ -644,19 +836,21 @@ def _stage_select(run: TrainingRun, loop: LoopSettings, progress: Callable[[Any]
         evaluations = 0
         new_side = {
             r.prompt_id: r
-            for r in Response.objects.filter(model_version=policy).exclude(
-                prompt_id__in=train_prompt_ids
-            )
+            for r in Response.objects.filter(model_version=policy)
+            .exclude(prompt_id__in=train_prompt_ids)
+            .select_related("prompt")
         }
         old_side = {
             r.prompt_id: r
             for r in Response.objects.filter(model_version=previous, prompt_id__in=new_side)
         }
-        for pid, response in new_side.items():
-            if pid not in old_side:
-                continue
-            pair = [response, old_side[pid]]
-            rng.shuffle(pair)  # blind: the new policy is A or B at random
+        blind = [(r, old_side[pid]) for pid, r in new_side.items() if pid in old_side]
+        # Blind: the new policy is A or B at random, from a source no one can replay, and the
+        # tasks come in random order too.
+        _BLIND.shuffle(blind)
+        for response, old in blind:
+            pair = [response, old]
+            _BLIND.shuffle(pair)
             _task_create(
                 project,
                 response.prompt,
@@ -666,14 +860,16 @@ def _stage_select(run: TrainingRun, loop: LoopSettings, progress: Callable[[Any]
                 purpose="evaluation",
             )
             evaluations += 1
-    TrainingRun.objects.filter(pk=run.pk).update(
-        metrics={
-            "human_tasks": humans,
-            "model_labelled": len(selected) - humans,
-            "evaluation_tasks": evaluations,
-            "mean_priority": float(np.mean([p.priority for p in selected])) if selected else 0.0,
-        }
-    )
+        TrainingRun.objects.filter(pk=run.pk).update(
+            metrics={
+                "human_tasks": humans,
+                "model_labelled": len(selected) - humans,
+                "evaluation_tasks": evaluations,
+                "mean_priority": float(np.mean([p.priority for p in selected]))
+                if selected
+                else 0.0,
+            }
+        )
 
 
 def _task_create(
@@ -709,3 +905,81 @@ STAGE_BODIES: dict[str, Callable[[TrainingRun, LoopSettings, Callable[[Any], Non
     "generate": _stage_generate,
     "select": _stage_select,
 }
+
+
+# --- model downloads --------------------------------------------------------------------------------
+
+_ARCHIVES = ".downloads"
+
+
+def model_archive(*, version: ModelVersion, artifact: Path) -> tuple[Path, str]:
+    """The .tar.gz of a published artifact and its ETag, built once into a cache file.
+
+    The archive is deterministic (sorted entries, owners and the gzip timestamp zeroed) and the
+    artifact is immutable, so every request serves the same bytes: a cut-short download resumes
+    with a Range request. The cache lives in the project's artifact folder under `.downloads/`;
+    archive and ETag are written to temporary names and renamed into place, ETag first, so a
+    reader finds either both complete or no archive (and builds it again).
+    """
+    cache = artifact.parent / _ARCHIVES
+    archive = cache / f"{artifact.name}.tar.gz"
+    etag_file = cache / f"{artifact.name}.etag"
+    if archive.is_file() and etag_file.is_file():
+        return archive, etag_file.read_text().strip()
+    cache.mkdir(exist_ok=True)
+    token = uuid.uuid4().hex
+    temp = cache / f".tmp-{artifact.name}-{token}.tar.gz"
+    digest = hashlib.sha256()
+    try:
+        with open(temp, "wb") as raw:
+            hashing = _HashingWriter(raw, digest)
+            with gzip.GzipFile(fileobj=hashing, mode="wb", mtime=0, compresslevel=1) as zipped:
+                with tarfile.open(fileobj=zipped, mode="w", format=tarfile.PAX_FORMAT) as tar:
+                    for path in _artifact_entries(artifact):
+                        tar.add(
+                            path,
+                            arcname=f"{artifact.name}/{path.relative_to(artifact)}",
+                            recursive=False,
+                            filter=_anonymous,
+                        )
+            raw.flush()
+            os.fsync(raw.fileno())
+        etag = f'"{digest.hexdigest()[:32]}"'
+        etag_temp = cache / f".tmp-{artifact.name}-{token}.etag"
+        etag_temp.write_text(etag)
+        os.replace(etag_temp, etag_file)
+        os.replace(temp, archive)
+    finally:
+        for leftover in cache.glob(f".tmp-{artifact.name}-{token}.*"):
+            leftover.unlink(missing_ok=True)
+    return archive, etag
+
+
+class _HashingWriter:
+    def __init__(self, raw: Any, digest: Any) -> None:
+        self.raw, self.digest = raw, digest
+
+    def write(self, data: bytes) -> int:
+        self.digest.update(data)
+        return self.raw.write(data)
+
+    def flush(self) -> None:
+        self.raw.flush()
+
+
+def _artifact_entries(artifact: Path) -> list[Path]:
+    """Directories and regular files of the artifact, sorted; symlinks are left out."""
+    entries = []
+    for directory, subdirs, files in os.walk(artifact, followlinks=False):
+        base = Path(directory)
+        subdirs[:] = [d for d in subdirs if not (base / d).is_symlink()]
+        entries += [base / d for d in subdirs]
+        entries += [base / f for f in files if (base / f).is_file() and not (base / f).is_symlink()]
+    return sorted(entries)
+
+
+def _anonymous(info: tarfile.TarInfo) -> tarfile.TarInfo:
+    info.uid = info.gid = 0
+    info.uname = info.gname = ""
+    info.mtime = int(info.mtime)
+    return info

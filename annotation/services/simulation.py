@@ -14,6 +14,7 @@ from django.conf import settings
 from django.contrib.auth.models import AbstractUser
 
 from ..errors import TandemError
+from ..loop import model_reference_check
 from ..models import FeedbackKind, ImportJob, Project, TaskResponse
 from .assignment import assignment_lease
 from .imports import import_create
@@ -67,6 +68,10 @@ def oracle_project_setup(
     from training.oracles import oracle_named
 
     oracle = oracle_named(oracle_name)
+    if base_policy is not None:
+        # A given π0 must be a reference the loop accepts (a model root, see LoopSettings): check it
+        # before anything is created, instead of after a project and its round-0 tasks exist.
+        base_policy = Path(model_reference_check("policy_model", str(base_policy)))
     project = project_create(
         creator=creator,
         name=name or f"Oracle loop ({oracle.name})",

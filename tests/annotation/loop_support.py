@@ -9,6 +9,7 @@ from collections.abc import Callable
 from contextlib import contextmanager
 from pathlib import Path
 
+from django.conf import settings
 from django.db import connection
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -38,6 +39,7 @@ def celery_worker(
         "TEST_DATABASE_URL": f"postgres://postgres@127.0.0.1:5432/{connection.settings_dict['NAME']}",
         "TEST_CELERY_BROKER_URL": broker,
         "TANDEM_ARTIFACT_ROOT": str(artifacts),
+        "TANDEM_MODEL_ROOTS": os.pathsep.join(str(p) for p in settings.TANDEM_MODEL_ROOTS),
         "TANDEM_LOOP_STALE_SECONDS": str(stale_seconds),
         "TANDEM_LOOP_TICK_SECONDS": str(tick_seconds),
         "PYTHONUNBUFFERED": "1",

@@ -17,6 +17,7 @@ import httpx
 from django.core.management.base import BaseCommand, CommandError
 
 from annotation import services
+from annotation.errors import InvalidInput
 from annotation.loop import SELECTIONS
 from annotation.models import Project
 from annotation.services.simulation import TINY_LOOP, oracle_answer, oracle_project_setup
@@ -68,7 +69,8 @@ class Command(BaseCommand):
         )
         parser.add_argument(
             "--base-policy",
-            help="new project only: use this π_0 (a path) instead of warm-starting one",
+            help="new project only: use this π_0 (a path inside TANDEM_MODEL_ROOTS) instead of "
+            "warm-starting one",
         )
         parser.add_argument(
             "--selection",
@@ -132,7 +134,17 @@ class Command(BaseCommand):
                 f"building π0 by supervised warm start ({options['warm_start_steps']} steps)"
             )
         auto = options["trigger"] == "auto"
-        project = oracle_project_setup(
+        try:
+            project = self._setup(oracle, options, base, auto)
+        except InvalidInput as exc:
+            raise CommandError(
+                f"{exc.message} (a --base-policy path must lie in TANDEM_MODEL_ROOTS)"
+            ) from None
+        self.stdout.write(f"project {project.pk}: {project.tasks.count()} round-0 tasks from π0")
+        return project.pk
+
+    def _setup(self, oracle: Any, options: dict[str, Any], base: str | None, auto: bool) -> Project:
+        return oracle_project_setup(
             creator=_simulator_user(),
             oracle_name=oracle.name,
             name=f"Oracle loop ({oracle.name}) {time.strftime('%Y-%m-%d %H:%M:%S')}",
@@ -147,8 +159,6 @@ class Command(BaseCommand):
             else 0,
             selection=options["selection"],
         )
-        self.stdout.write(f"project {project.pk}: {project.tasks.count()} round-0 tasks from π0")
-        return project.pk
 
     def _annotators(self, api: Api, project_id: int, count: int) -> list[str]:
         tokens = []

@@ -8,6 +8,7 @@ import io
 from pathlib import Path
 
 import pytest
+from django.conf import settings
 from django.core.management import call_command
 from rest_framework.test import APIClient
 
@@ -35,7 +36,9 @@ from tests.factories import UserFactory
 
 pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
 
-BROKER = "redis://127.0.0.1:6379/15"
+# The Redis database this test run was given (TEST_CELERY_BROKER_URL), so parallel runs never
+# flush each other's queues.
+BROKER = settings.CELERY_BROKER_URL
 
 
 @pytest.fixture(scope="session")
@@ -49,7 +52,9 @@ def pi0(tmp_path_factory):
 
 
 @pytest.fixture
-def artifacts(tmp_path, settings):
+def artifacts(tmp_path, settings, pi0):
+    # π0 lives outside the artifact folder: the operator names its folder a model root.
+    settings.TANDEM_MODEL_ROOTS = [pi0.parent]
     settings.TANDEM_ARTIFACT_ROOT = tmp_path / "artifacts"
     settings.TANDEM_ARTIFACT_ROOT.mkdir()
     return settings.TANDEM_ARTIFACT_ROOT
