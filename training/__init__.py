@@ -2,7 +2,7 @@
 
 Never imports Django. Submodules: ``data`` (the row contract), ``models``
 (tokenizers and models without a hub), ``artifacts`` (atomic run directories,
-progress), ``losses`` (Bradley–Terry, ensemble aggregation, calibration),
+progress), ``losses`` (ensemble aggregation, held-out pair metrics, calibration),
 ``reward`` (reward models and ensembles). Heavy dependencies (torch,
 transformers, TRL) load only when a submodule that needs them is imported.
 """

@@ -1,7 +1,8 @@
-"""Losses and metrics we write ourselves, as pure tensor functions.
+"""Ensemble aggregation and held-out pair metrics, as pure tensor functions.
 
-TRL's ``RewardTrainer`` computes the training loss; these functions are the
-same equations for evaluation and ensembles, which TRL does not provide.
+TRL's ``RewardTrainer`` computes the Bradley–Terry training loss (with the
+optional per-pair margin, Llama 2 Eq. 2); these functions cover what TRL does
+not provide: combining ensemble members and scoring held-out pairs.
 Shapes: ``N`` pairs, ``K`` ensemble members.
 """
 
@@ -10,25 +11,8 @@ from __future__ import annotations
 from typing import Literal
 
 import torch
-from torch.nn import functional as F
 
 Aggregation = Literal["mean", "worst", "uncertainty_weighted"]
-
-
-def bradley_terry_loss(
-    chosen: torch.Tensor, rejected: torch.Tensor, margin: torch.Tensor | None = None
-) -> torch.Tensor:
-    """Mean Bradley–Terry negative log-likelihood, optionally with a margin.
-
-    ``L = −mean log σ(r⁺ − r⁻ − m)`` (Bradley & Terry 1952; the margin ``m``
-    is Llama 2's, Touvron et al. 2023, Eq. 2), where ``chosen`` = r⁺ and
-    ``rejected`` = r⁻ have shape ``[N]`` and ``margin`` ``[N]`` or None (m = 0).
-    Returns a scalar. ``logsigmoid`` keeps it finite for large reward gaps.
-    """
-    difference = chosen - rejected
-    if margin is not None:
-        difference = difference - margin
-    return -F.logsigmoid(difference).mean()
 
 
 def aggregate_ensemble(

@@ -91,3 +91,19 @@ def tiny_policy_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
         tokenizer, TinyModelConfig(hidden_size=32, layers=2, heads=4, intermediate=64), path=path
     )
     return path
+
+
+# π_0 of the warm-words oracle after a deliberately short warm start: its
+# replies already use the task's words but pick a warm one only about one time
+# in eight, so an on-policy learner has room to raise the oracle's utility.
+WARM_START_STEPS = 20
+
+
+@pytest.fixture(scope="session")
+def warm_words_pi0(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from training.oracles import oracle_named
+
+    path: Path = oracle_named("warm-words").warm_start(
+        tmp_path_factory.mktemp("warm-words") / "pi0", steps=WARM_START_STEPS
+    )
+    return path

@@ -1,4 +1,4 @@
-"""Losses and metrics against numbers worked out by hand."""
+"""Ensemble aggregation and pair metrics against numbers worked out by hand."""
 
 from __future__ import annotations
 
@@ -9,7 +9,6 @@ import torch
 
 from training.losses import (
     aggregate_ensemble,
-    bradley_terry_loss,
     expected_calibration_error,
     mean_margin,
     pairwise_accuracy,
@@ -18,26 +17,6 @@ from training.losses import (
 
 def _t(*values: float) -> torch.Tensor:
     return torch.tensor(values, dtype=torch.float64)
-
-
-def test_bradley_terry_loss_matches_hand_computation() -> None:
-    # Gaps 0 and log 3: −log σ(0) = log 2, −log σ(log 3) = −log(3/4) = log(4/3).
-    loss = bradley_terry_loss(_t(1.0, math.log(3)), _t(1.0, 0.0))
-    assert float(loss) == pytest.approx((math.log(2) + math.log(4 / 3)) / 2)
-
-
-def test_margin_is_subtracted_inside_the_sigmoid() -> None:
-    # Gap 2, margin 2: −log σ(0) = log 2, so a pair exactly at its margin costs as much as a coin flip.
-    loss = bradley_terry_loss(_t(3.0), _t(1.0), margin=_t(2.0))
-    assert float(loss) == pytest.approx(math.log(2))
-    assert float(bradley_terry_loss(_t(3.0), _t(1.0))) == pytest.approx(
-        -math.log(1 / (1 + math.exp(-2)))
-    )
-
-
-def test_bradley_terry_loss_stays_finite_for_huge_gaps() -> None:
-    loss = bradley_terry_loss(_t(-1000.0), _t(1000.0))
-    assert float(loss) == pytest.approx(2000.0)
 
 
 REWARDS = _t(1.0, 2.0, 0.0, 4.0, 3.0, 2.0).reshape(2, 3).T.contiguous()  # [K=3, N=2]

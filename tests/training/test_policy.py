@@ -1,7 +1,13 @@
-"""Policy training learns on tiny models: DPO (sigmoid, IPO, LoRA), KTO, and RLOO with the ensemble reward."""
+"""Policy training learns on tiny models: each method moves a held-out measure it did not train on.
+
+DPO (sigmoid, IPO, LoRA) and KTO raise the held-out log-probability margin of
+chosen over rejected replies; GRPO and RLOO raise the warm-words oracle's
+utility of replies sampled on held-out prompts.
+"""
 
 from __future__ import annotations
 
+import random
 from pathlib import Path
 from typing import Any
 
@@ -12,9 +18,11 @@ from tests.training.conftest_policy import (
     synthetic_pairs,
     synthetic_unpaired,
     tiny_policy_dir,  # noqa: F401  (fixture)
+    warm_words_pi0,  # noqa: F401  (fixture)
 )
 from training.artifacts import Progress, read_manifest
 from training.data import PreferencePair
+from training.oracles import oracle_named
 from training.policy import (
     DPOConfig,
     KTOConfig,
@@ -119,7 +127,8 @@ def test_lora_dpo_trains_adapters_only_and_warm_starts_against_a_fixed_reference
     assert read_manifest(second.path).parent == "lora-1"
 
 
-def test_kto_loss_falls(tiny_policy_dir: Path, tmp_path: Path) -> None:  # noqa: F811
+@pytest.mark.slow
+def test_kto_raises_the_held_out_preference_margin(tiny_policy_dir: Path, tmp_path: Path) -> None:  # noqa: F811
     config = KTOConfig(
         learning_rate=2e-3, max_steps=16, batch_size=8, max_length=64, warmup_ratio=0.0
     )
@@ -127,6 +136,12 @@ def test_kto_loss_falls(tiny_policy_dir: Path, tmp_path: Path) -> None:  # noqa:
         synthetic_unpaired(64, seed=0), config, policy_ref=tiny_policy_dir, reference_ref=tiny_policy_dir,
         root=tmp_path, name="kto",
     )  # fmt: skip
+    # Unpaired "yes"-good / "no"-bad labels must turn into a preference on
+    # held-out pairs it never saw as pairs: log π(yes ...) − log π(no ...) rises
+    # (measured −1.99 before, −0.38 after; DPO and IPO below reach +1.6).
+    before = logprob_margin(tiny_policy_dir, HELD_OUT)
+    after = logprob_margin(result.path, HELD_OUT)
+    assert after > before + 0.5
     assert result.metrics["loss_final"] < result.metrics["loss_first"]
     assert result.metrics["rewards/margins"] > 0
     assert read_manifest(result.path).kind == "policy-kto"
@@ -167,44 +182,103 @@ def test_ensemble_reward_function_aggregates_by_hand() -> None:
         ensemble_reward_function(HandEnsemble(), "median")  # type: ignore[arg-type]
 
 
-def test_rloo_runs_against_a_trained_reward_ensemble(tiny_policy_dir: Path, tmp_path: Path) -> None:  # noqa: F811
+WARM_WORDS = oracle_named("warm-words")
+# Every fifth prompt trains; every eleventh (offset 3, a disjoint set) measures.
+RL_PROMPTS = WARM_WORDS.prompts()[::5]
+RL_HELD_OUT = [p for p in WARM_WORDS.prompts()[3::11] if p not in RL_PROMPTS][:24]
+
+
+def oracle_utility(model_dir: Path) -> float:
+    """Mean oracle utility (warm words per reply) of 4 seeded samples per held-out prompt."""
+    from training.generation import GenerationConfig, TransformersGenerator
+
+    replies = TransformersGenerator(model_dir, device="cpu").generate(
+        RL_HELD_OUT, GenerationConfig(k=4, max_new_tokens=12, seed=1)
+    )
+    return float(np.mean([WARM_WORDS.utility(text) for group in replies for text in group]))
+
+
+class OracleReward:
+    """The oracle's utility as a one-member "ensemble": the reward the policy should learn to raise."""
+
+    def score(self, prompts: list[Any], completions: list[Any]) -> EnsembleScores:
+        texts = [c[-1]["content"] if isinstance(c, list) else c for c in completions]
+        return EnsembleScores(np.array([[WARM_WORDS.utility(text) for text in texts]]))
+
+
+def oracle_pairs(n: int, seed: int) -> list[PreferencePair]:
+    """Pairs of the oracle's own replies, the warmer one chosen (ties skipped): what annotators would give."""
+    rng = random.Random(seed)
+    pairs: list[PreferencePair] = []
+    while len(pairs) < n:
+        prompt = rng.choice(RL_PROMPTS)
+        topic = WARM_WORDS.topic_of(prompt)
+        a, b = (WARM_WORDS.sample_reply(rng, topic) for _ in range(2))
+        verdict = WARM_WORDS.prefer(a, b)
+        if verdict != "tie":
+            chosen, rejected = (a, b) if verdict == "A" else (b, a)
+            pairs.append(
+                PreferencePair(
+                    prompt=prompt,
+                    chosen=[{"role": "assistant", "content": chosen}],
+                    rejected=[{"role": "assistant", "content": rejected}],
+                )
+            )
+    return pairs
+
+
+ON_POLICY = OnPolicyConfig(
+    learning_rate=1e-2, max_steps=10, batch_size=8, num_generations=4, max_completion_length=12,
+    beta=0.0, warmup_ratio=0.0,
+)  # fmt: skip
+
+
+@pytest.mark.slow
+def test_grpo_raises_the_oracle_utility_of_samples(warm_words_pi0: Path, tmp_path: Path) -> None:  # noqa: F811
+    before = oracle_utility(warm_words_pi0)
+    result = train_on_policy(
+        RL_PROMPTS, ON_POLICY, policy_ref=warm_words_pi0, reward=OracleReward(), algorithm="grpo",
+        root=tmp_path, name="grpo",
+    )  # fmt: skip
+    # Measured: 0.75 warm words per reply before, 3.8 to 5.3 after (seeds 0-2).
+    after = oracle_utility(result.path)
+    assert after > before + 1.5, (before, after)
+    assert result.metrics["steps"] == 10
+    assert read_manifest(result.path).kind == "policy-grpo"
+
+
+@pytest.mark.slow
+def test_rloo_against_a_reward_ensemble_fitted_on_oracle_labels_raises_the_oracle_utility(
+    warm_words_pi0: Path,  # noqa: F811
+    tmp_path: Path,
+) -> None:
     from training.reward import EnsembleConfig, RewardConfig, RewardEnsemble, train_reward_ensemble
 
-    # The ensemble is fitted on the policy's own tokenizer/backbone family:
-    # two tiny members that learn "yes" over "no".
+    # The production path: the oracle labels pairs, a 2-member ensemble on
+    # π_0's backbone learns them, and RLOO optimises the ensemble's
+    # uncertainty-weighted reward. Only the oracle judges the result.
     fitted = train_reward_ensemble(
-        synthetic_pairs(32, seed=0),
+        oracle_pairs(64, seed=0),
         EnsembleConfig(
             members=2,
             reward=RewardConfig(
-                backbone=str(tiny_policy_dir),
-                max_steps=8,
-                batch_size=8,
-                learning_rate=3e-3,
-                max_length=64,
+                backbone=str(warm_words_pi0), max_steps=12, batch_size=16, learning_rate=3e-3,
+                max_length=64, warmup=0.0,
             ),
         ),
         root=tmp_path,
         name="ensemble",
-    )
-    prompts = [p.prompt for p in synthetic_pairs(8, seed=3)]
-    config = OnPolicyConfig(
-        learning_rate=1e-3, max_steps=2, batch_size=4, num_generations=4, max_completion_length=8,
-        beta=0.05, warmup_ratio=0.0,
+        eval_pairs=oracle_pairs(32, seed=1),
     )  # fmt: skip
+    assert fitted.metrics["eval"]["accuracy"] > 0.75
+    before = oracle_utility(warm_words_pi0)
     result = train_on_policy(
-        prompts, config, policy_ref=tiny_policy_dir, reward=RewardEnsemble.load(fitted.path),
+        RL_PROMPTS, ON_POLICY, policy_ref=warm_words_pi0, reward=RewardEnsemble.load(fitted.path),
         algorithm="rloo", aggregation="uncertainty_weighted", root=tmp_path, name="rloo",
     )  # fmt: skip
-    assert result.metrics["steps"] == 2
-    assert np.isfinite(result.metrics["reward_first"]) and np.isfinite(
-        result.metrics["reward_final"]
-    )
+    # Measured: 0.75 before, 1.8 to 3.1 after (seeds 0-1, mean and UWO aggregation).
+    after = oracle_utility(result.path)
+    assert after > before + 0.5, (before, after)
     manifest = read_manifest(result.path)
-    assert (
-        manifest.kind == "policy-rloo" and manifest.config["aggregation"] == "uncertainty_weighted"
-    )
-    assert not np.allclose(
-        weights(result.path)["model.norm.weight"].numpy(),
-        weights(tiny_policy_dir)["model.norm.weight"].numpy(),
-    )
+    assert manifest.kind == "policy-rloo"
+    assert manifest.config["aggregation"] == "uncertainty_weighted"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +12,12 @@ import pytest
 
 from tests.training.conftest import BAD, GOOD, far_pairs, synthetic_pairs
 from training.artifacts import Progress, is_published, read_manifest
-from training.data import PreferencePair, parse_hh_transcript_pair, read_jsonl
+from training.data import (
+    PreferencePair,
+    parse_hh_transcript_pair,
+    parse_preference_rows,
+    read_jsonl,
+)
 from training.reward import (
     EnsembleConfig,
     EnsembleScores,
@@ -62,8 +68,30 @@ def trained(tmp_path_factory: pytest.TempPathFactory, tiny_lm_path: Path) -> dic
     return {"result": result, "reports": reports, "root": root}
 
 
-def test_loss_falls_and_held_out_accuracy_is_far_above_chance(trained: dict[str, Any]) -> None:
+def untrained_metrics(backbone: Path, pairs: list[PreferencePair]) -> dict[str, Any]:
+    """Held-out metrics of the backbone with a fresh, seeded reward head: the "before" of training."""
+    from transformers import set_seed
+
+    from training.models import load_reward_backbone, load_tokenizer
+
+    set_seed(0)
+    model: Any = load_reward_backbone(str(backbone))
+    untrained = RewardEnsemble(
+        [model.eval()], [load_tokenizer(backbone)], [_Encoding(64, "left")], "cpu"
+    )
+    return evaluate_pairs(untrained, pairs)
+
+
+def test_loss_falls_and_held_out_accuracy_is_far_above_chance(
+    trained: dict[str, Any], tiny_lm_path: Path
+) -> None:
     metrics = trained["result"].metrics
+    # The gap, not accuracy, shows the learning: the untrained head's tiny gaps
+    # already rank 80% of these pairs right by chance, but its mean gap is 0.009
+    # (measured), against 1.6 after training.
+    before = untrained_metrics(tiny_lm_path, synthetic_pairs(64, seed=1))
+    assert abs(before["mean_margin"]) < 0.3
+    assert metrics["eval"]["mean_margin"] > before["mean_margin"] + 0.5
     for member in metrics["members"]:
         assert member["loss_first"] > 0.6  # starts near log 2: an untrained model guesses
         assert member["loss_last"] < 0.35
@@ -74,7 +102,6 @@ def test_loss_falls_and_held_out_accuracy_is_far_above_chance(trained: dict[str,
     assert held_out["accuracy_worst"] >= 0.9
     assert held_out["mean_margin"] > 0.5
     assert all(accuracy >= 0.9 for accuracy in held_out["member_accuracy"])
-    assert 0.0 <= held_out["ece"] <= 1.0
 
 
 def test_ensemble_is_published_atomically_with_manifest(trained: dict[str, Any]) -> None:
@@ -141,6 +168,99 @@ def test_ensemble_scores_by_hand() -> None:
     )
 
 
+class TableEnsemble:
+    """Two members whose rewards are looked up by completion text: ``table[text] = [r₀, r₁]``."""
+
+    def __init__(self, table: dict[str, list[float]]) -> None:
+        self.table = table
+
+    def __len__(self) -> int:
+        return 2
+
+    def score(self, prompts: Any, completions: Any, batch_size: int = 32) -> EnsembleScores:
+        rows = [self.table[completion[-1]["content"]] for completion in completions]
+        return EnsembleScores(np.array(rows, dtype=np.float64).T)
+
+
+def test_evaluate_pairs_by_hand() -> None:
+    ln3 = math.log(3)
+    table = {"a": [2 * ln3, 0.0], "b": [0.0, 0.0], "c": [0.0, 0.0], "d": [ln3, ln3]}
+
+    def pair(chosen: str, rejected: str, tie: bool = False) -> PreferencePair:
+        return PreferencePair(
+            [{"role": "user", "content": "q"}],
+            [{"role": "assistant", "content": chosen}],
+            [{"role": "assistant", "content": rejected}],
+            tie=tie,
+        )
+
+    # Pair 1: mean gap +ln 3 (right, p = 0.75); pair 2: gap −ln 3 (wrong, p = 0.25); the tie is ignored.
+    metrics = evaluate_pairs(
+        TableEnsemble(table), [pair("a", "b"), pair("c", "d"), pair("a", "d", tie=True)], lam=2.0
+    )
+    assert metrics["n"] == 2
+    assert metrics["accuracy"] == pytest.approx(0.5)
+    assert metrics["mean_margin"] == pytest.approx(0.0)
+    # p = 0.75 twice and 0.25 twice with outcomes split evenly in each bin: |0.5 − 0.75| = 0.25.
+    assert metrics["ece"] == pytest.approx(0.25)
+    # The worst member scores "a" as 0: pair 1 becomes a tie (½), pair 2 stays wrong.
+    assert metrics["accuracy_worst"] == pytest.approx(0.25)
+    # mean − 2·std scores "a" as ln 3 − 2 ln 3 < 0: pair 1 flips too.
+    assert metrics["accuracy_uncertainty_weighted"] == pytest.approx(0.0)
+    # Member 0 ranks pair 1 right, member 1 ties it; both get pair 2 wrong.
+    assert metrics["member_accuracy"] == pytest.approx([0.5, 0.25])
+    # Only "a" has spread (population std ln 3), one of the four completions.
+    assert metrics["mean_std"] == pytest.approx(ln3 / 4)
+
+
+def margin_rows(n: int, seed: int, margin: float) -> list[dict[str, Any]]:
+    """Export rows where annotators split evenly, but only the GOOD-preferring half is sure.
+
+    Each synthetic pair appears twice: GOOD over BAD with ``margin``, and BAD
+    over GOOD with margin 0. Without the margin the two cancel and the best
+    Bradley–Terry gap is 0; with it, −log σ(Δ − m) − log σ(−Δ) is smallest at
+    Δ = m / 2, so the model must learn to prefer GOOD.
+    """
+    rows = []
+    for p in synthetic_pairs(n // 2, seed):
+        rows.append(
+            {"prompt": p.prompt, "chosen": p.chosen, "rejected": p.rejected, "margin": margin}
+        )
+        rows.append({"prompt": p.prompt, "chosen": p.rejected, "rejected": p.chosen, "margin": 0.0})
+    return rows
+
+
+def test_the_rows_margin_changes_what_the_reward_trainer_optimises(
+    tmp_path: Path, tiny_lm_path: Path
+) -> None:
+    # Parsed as the CLI parses export rows, so the margin goes row -> pair -> TRL's loss.
+    pairs = parse_preference_rows(margin_rows(64, seed=10, margin=4.0))
+    assert {pair.margin for pair in pairs} == {0.0, 4.0}
+    held_out = synthetic_pairs(48, seed=6)
+    config = RewardConfig(
+        backbone=str(tiny_lm_path), max_steps=16, batch_size=16, learning_rate=3e-3, warmup=0.0,
+        max_length=64, logging_steps=1,
+    )  # fmt: skip
+    runs = {}
+    for use_margin in (True, False):
+        result = train_reward_model(
+            pairs, replace(config, use_margin=use_margin), output_dir=tmp_path / str(use_margin)
+        )
+        evaluation = evaluate_pairs(RewardEnsemble.load(result.path), held_out)
+        runs[use_margin] = (result.metrics, evaluation)
+    (with_metrics, with_margin), (without_metrics, without_margin) = runs[True], runs[False]
+    # Step 1, before any update (gaps ≈ 0): log 2 without margins; the margin
+    # rows cost log(1 + e⁴) ≈ 4.02 each with them.
+    assert without_metrics["loss_first"] == pytest.approx(math.log(2), abs=0.02)
+    assert with_metrics["loss_first"] > math.log(2) + 1.0
+    # Dropped margins: the contradicting labels cancel (measured |gap| ≤ 0.01).
+    assert abs(without_margin["mean_margin"]) < 0.1
+    # Kept margins: every held-out pair prefers GOOD, with a gap heading for
+    # m / 2 = 2 (measured 0.95 to 1.6 after 16 steps, seeds 0-3).
+    assert with_margin["accuracy"] == 1.0
+    assert 0.5 < with_margin["mean_margin"] < 3.0
+
+
 def test_failed_training_publishes_nothing(tmp_path: Path) -> None:
     config = EnsembleConfig(
         members=2, reward=RewardConfig(backbone=str(tmp_path / "no-such-model"))
@@ -178,6 +298,7 @@ def test_long_sequences_keep_their_special_tokens_and_the_final_reply(tiny_token
     )
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not HH_DATA.exists(), reason="shared HH-RLHF sample not present")
 def test_minilm_backbone_learns_a_handful_of_hh_pairs(tmp_path: Path) -> None:
     rows = read_jsonl(HH_DATA)
@@ -214,6 +335,7 @@ def test_bootstrap_gives_each_member_its_own_seeded_resample() -> None:
     assert [id(p) for p in bagged.member_pairs(1, pairs)] == [id(p) for p in samples[1]]
 
 
+@pytest.mark.slow
 def test_length_grouped_batches_carry_less_padding(tmp_path: Path, tiny_lm_path: Path) -> None:
     # Half the pairs are short, half long: shuffled batches mix them and pad
     # every short pair to the long length; grouped batches mostly do not.
@@ -236,6 +358,7 @@ def test_length_grouped_batches_carry_less_padding(tmp_path: Path, tiny_lm_path:
     assert tokens[True] < 0.8 * tokens[False]
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not cpu_has_fast_bf16(), reason="this CPU has no native bf16")
 def test_bf16_mixed_precision_trains_on_cpu(tmp_path: Path, tiny_lm_path: Path) -> None:
     config = RewardConfig(

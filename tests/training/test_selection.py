@@ -98,7 +98,8 @@ def test_random_is_seeded_and_covers_distinct_pairs() -> None:
     other = select_pairs(CANDIDATES, SCORES, strategy="random", seed=4, per_prompt=3)
     assert first == again
     assert [p.priority for p in first] != [p.priority for p in other]
-    assert all(0.0 <= p.priority < 1.0 for p in first)
+    # The priorities are the seeded uniform draws, one per distinct pair, prompt by prompt.
+    assert sorted(p.priority for p in first) == sorted(np.random.default_rng(3).random(6).tolist())
     assert [p.priority for p in first] == sorted((p.priority for p in first), reverse=True)
     assert sorted((p.prompt_index, p.first, p.second) for p in first) == [
         (0, 0, 1), (0, 0, 2), (0, 1, 2), (1, 0, 1), (1, 0, 2), (1, 1, 2),
