@@ -10,6 +10,13 @@ def run_import(job_id: int) -> str:
     return services.import_run(job_id=job_id).status
 
 
+@shared_task(name="annotation.tasks.import_sweep", ignore_result=True)
+def import_sweep() -> list[int]:
+    from .services.imports import import_sweep as sweep
+
+    return sweep()
+
+
 @shared_task(name="annotation.tasks.run_round_stage", acks_late=True, reject_on_worker_lost=True)
 def run_round_stage(run_id: int) -> str:
     from .services.rounds import stage_run
@@ -22,3 +29,10 @@ def loop_tick() -> list[int]:
     from .services.rounds import loop_tick as tick
 
     return tick()
+
+
+@shared_task(name="annotation.tasks.token_sweep", ignore_result=True)
+def token_sweep() -> int:
+    from .services.tokens import token_sweep as sweep
+
+    return sweep()

@@ -6,13 +6,13 @@ from django.conf import settings
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import extend_schema, inline_serializer
 from rest_framework import serializers, status
-from rest_framework.parsers import JSONParser, MultiPartParser
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from .. import selectors, services
 from ..errors import InvalidInput, TooLarge
 from ..models import ImportJob
+from .parsers import JSONParser, MultiPartParser, cut_short
 
 
 class ImportOutputSerializer(serializers.ModelSerializer):
@@ -76,15 +76,18 @@ class ImportCreateApi(APIView):
                 filename=upload.name,
             )
         else:
-            size = int(request.META.get("CONTENT_LENGTH") or 0)
-            if size > settings.TANDEM_IMPORT_MAX_BYTES:
+            expected = int(request.META.get("CONTENT_LENGTH") or 0)
+            if expected > settings.TANDEM_IMPORT_MAX_BYTES:
                 raise TooLarge(
-                    f"the body is {size} bytes; the limit is {settings.TANDEM_IMPORT_MAX_BYTES} bytes"
+                    f"the body is {expected} bytes; the limit is {settings.TANDEM_IMPORT_MAX_BYTES} bytes"
                 )
             with tempfile.SpooledTemporaryFile(max_size=8 << 20) as spool:
                 for chunk in iter(lambda: request._request.read(1 << 20), b""):
                     spool.write(chunk)
                 size = spool.tell()
+                if size < expected:
+                    # The client died mid-upload: its last line may look whole and valid.
+                    raise cut_short(received=size, expected=expected)
                 spool.seek(0)
                 job = services.import_create(
                     project=project, user=request.user, stream=spool, size=size

@@ -13,6 +13,7 @@ import logging
 import uuid
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 from typing import IO, Any
 
@@ -20,9 +21,10 @@ from django.conf import settings
 from django.contrib.auth.models import AbstractUser
 from django.db import connection, models, transaction
 from django.utils import timezone
+from kombu.exceptions import OperationalError as KombuOperationalError
 
-from ..errors import TooLarge
-from ..feedback import schema_for
+from ..errors import ServiceUnavailable, TooLarge
+from ..feedback import MAX_JSON_DEPTH, find_unstorable, may_be_unstorable, schema_for
 from ..models import ImportJob, Project, Prompt, Response, Split, Task, TaskResponse
 
 logger = logging.getLogger(__name__)
@@ -69,8 +71,6 @@ def _messages(value: Any) -> list[dict[str, str]]:
             raise LineError(f"{where}.role", f"must be one of {', '.join(ROLES)}")
         if not isinstance(content, str):
             raise LineError(f"{where}.content", "must be a string")
-        if "\x00" in content:
-            raise LineError(f"{where}.content", "contains a NUL character, which cannot be stored")
         if len(content) > MAX_TEXT_CHARS:
             raise LineError(f"{where}.content", f"longer than {MAX_TEXT_CHARS} characters")
         messages.append({"role": role, "content": content})
@@ -102,8 +102,6 @@ def _responses(value: Any, *, minimum: int, maximum: int) -> list[tuple[str, str
             raise LineError(where, "must be a string or an object with text")
         if not text.strip():
             raise LineError(where, "must not be empty")
-        if "\x00" in text:
-            raise LineError(where, "contains a NUL character, which cannot be stored")
         if len(text) > MAX_TEXT_CHARS:
             raise LineError(where, f"longer than {MAX_TEXT_CHARS} characters")
         out.append((text, model[:200]))
@@ -116,8 +114,14 @@ def parse_line(raw: bytes | str, *, line: int, kind: str) -> ImportLine:
         obj = json.loads(raw)
     except (ValueError, UnicodeDecodeError) as exc:
         raise LineError("", f"not valid JSON ({exc})") from None
+    except RecursionError:
+        raise LineError("", f"nested deeper than {MAX_JSON_DEPTH} levels") from None
     if not isinstance(obj, dict):
         raise LineError("", "must be a JSON object")
+    if may_be_unstorable(raw):
+        fault = find_unstorable(obj)
+        if fault is not None:
+            raise LineError(*fault)
     if "prompt" not in obj:
         raise LineError("prompt", "required")
     if "responses" not in obj:
@@ -362,9 +366,37 @@ def write_tasks(*, project: Project, items: list[ImportLine]) -> None:
 
 # --- jobs ------------------------------------------------------------------------
 
+_LIVE = (ImportJob.Status.QUEUED, ImportJob.Status.VALIDATING, ImportJob.Status.IMPORTING)
+# Kept short so a request answers 503 within a few seconds when the broker is down.
+_BROKER_CONNECT_SECONDS = 3
+_BROKER_RETRY = {"max_retries": 2, "interval_start": 0, "interval_step": 0.5, "interval_max": 1}
+
+
+class ImportAbandoned(Exception):
+    """The job was failed by import_sweep while this run was still writing: the write is undone."""
+
 
 def _lines(stream: IO[bytes]) -> Iterator[bytes]:
     yield from stream
+
+
+def _describe(exc: BaseException) -> str:
+    first = (str(exc).strip().splitlines() or [""])[0][:300]
+    return f"{type(exc).__name__}: {first}" if first else type(exc).__name__
+
+
+def _fail(job: ImportJob, message: str) -> ImportJob:
+    """Marks a live job failed; a job already finished (or swept, with its own reason) keeps its end."""
+    now = timezone.now()
+    ImportJob.objects.filter(pk=job.pk, status__in=_LIVE).update(
+        status=ImportJob.Status.FAILED,
+        errors=[{"line": 0, "message": message}],
+        created=0,
+        finished_at=now,
+        updated_at=now,
+    )
+    job.refresh_from_db()
+    return job
 
 
 def _finish(job: ImportJob, parsed: ParsedImport) -> ImportJob:
@@ -378,16 +410,55 @@ def _finish(job: ImportJob, parsed: ParsedImport) -> ImportJob:
                 {"line": 0, "message": f"{error_count - len(errors)} more errors not listed"}
             )
         job.created = 0
-    else:
-        job.status = ImportJob.Status.IMPORTING
-        job.save(update_fields=["status"])
-        with transaction.atomic():
-            write_tasks(project=job.project, items=items)
-        job.status = ImportJob.Status.DONE
-        job.created = len(items)
-    job.finished_at = timezone.now()
-    job.save()
+        job.finished_at = timezone.now()
+        job.save()
+        return job
+    job.status = ImportJob.Status.IMPORTING
+    job.save(update_fields=["status", "lines_total", "lines_done", "updated_at"])
+    with transaction.atomic():
+        write_tasks(project=job.project, items=items)
+        # The write counts only if the job is still ours: a sweep that gave it up meanwhile told
+        # the user it failed, so the tasks must not appear after all.
+        now = timezone.now()
+        done = ImportJob.objects.filter(pk=job.pk, status=ImportJob.Status.IMPORTING).update(
+            status=ImportJob.Status.DONE, created=len(items), finished_at=now, updated_at=now
+        )
+        if not done:
+            raise ImportAbandoned(f"import {job.pk} was given up while it was writing")
+    job.refresh_from_db()
     return job
+
+
+def _import(job: ImportJob, lines: Iterable[bytes], progress=None) -> ImportJob:
+    """Validates then writes; on any error the job is failed with the reason, and it re-raises."""
+    stage = "reading the file"
+    try:
+        parsed = parse_import(lines, project=job.project, progress=progress)
+        stage = "writing"
+        return _finish(job, parsed)
+    except Exception as exc:
+        _fail(job, f"the import failed while {stage} ({_describe(exc)}); nothing was imported")
+        raise
+
+
+def _enqueue_run(job_id: int) -> None:
+    """Hands the job to the broker before returning, on a connection of its own.
+
+    The shared producer pool would retry for a long time and, behind on_commit, fail only after
+    the caller had answered; a fresh connection with a short timeout fails here, in the request.
+    """
+    from celery import current_app
+
+    with current_app.connection_for_write(
+        url=settings.CELERY_BROKER_URL, connect_timeout=_BROKER_CONNECT_SECONDS
+    ) as conn:
+        current_app.send_task(
+            "annotation.tasks.run_import",
+            args=[job_id],
+            connection=conn,
+            retry=True,
+            retry_policy=_BROKER_RETRY,
+        )
 
 
 def import_create(
@@ -395,60 +466,116 @@ def import_create(
 ) -> ImportJob:
     """Imports a JSONL upload: inline when small, as a Celery job (status 'queued') when large.
 
-    Nothing is written to the project unless every line is valid.
+    Nothing is written to the project unless every line is valid. A large file is queued before
+    this returns: if the broker cannot take it, ServiceUnavailable is raised and neither the job
+    nor the file is kept. (Called inside the caller's transaction, the job is queued on commit
+    instead, and a broker outage then shows as a job that import_sweep fails later.)
     """
     if size > settings.TANDEM_IMPORT_MAX_BYTES:
         raise TooLarge(
             f"the file is {size} bytes; the limit is {settings.TANDEM_IMPORT_MAX_BYTES} bytes "
             "(split it into several imports)"
         )
-    job = ImportJob.objects.create(
-        project=project, created_by=user, filename=filename[:300], size_bytes=size
-    )
+    common = {
+        "project": project,
+        "created_by": user,
+        "filename": filename[:300],
+        "size_bytes": size,
+    }
     if size <= settings.TANDEM_IMPORT_INLINE_BYTES:
-        job.status = ImportJob.Status.VALIDATING
-        return _finish(job, parse_import(_lines(stream), project=project))
+        job = ImportJob.objects.create(status=ImportJob.Status.VALIDATING, **common)
+        return _import(job, _lines(stream))
 
     directory = Path(settings.MEDIA_ROOT) / "imports"
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / f"{uuid.uuid4().hex}.jsonl"
-    with path.open("wb") as out:
-        for chunk in iter(lambda: stream.read(1 << 20), b""):
-            out.write(chunk)
-    job.source_path = str(path)
-    job.save(update_fields=["source_path"])
-    from ..tasks import run_import  # the Celery bridge imports services, so import it late
-
-    transaction.on_commit(lambda: run_import.delay(job.pk))
+    job = None
+    try:
+        with path.open("wb") as out:
+            for chunk in iter(lambda: stream.read(1 << 20), b""):
+                out.write(chunk)
+        job = ImportJob.objects.create(source_path=str(path), **common)
+        if connection.in_atomic_block:
+            job_id = job.pk
+            transaction.on_commit(lambda: _enqueue_run(job_id))
+            return job
+        try:
+            _enqueue_run(job.pk)
+        except (KombuOperationalError, OSError) as exc:
+            logger.warning("import refused: the broker is unavailable (%s)", _describe(exc))
+            raise ServiceUnavailable(
+                "the job queue is unavailable, so the import was not stored; try again shortly"
+            ) from exc
+    except BaseException:
+        # Whatever went wrong, the caller hears of it now: no job row or file stays behind.
+        if job is not None and not connection.in_atomic_block:
+            job.delete()
+        path.unlink(missing_ok=True)
+        raise
     return job
 
 
 def import_run(*, job_id: int) -> ImportJob:
-    """Runs a queued import job; safe to call again after a crash (a finished job is left alone)."""
+    """Runs a queued import job once; any other job (finished, or claimed by an earlier run that
+    died) is left alone and import_sweep fails it when it goes stale.
+
+    Never raises for a fault of the import: the job is failed with the reason instead.
+    """
+    now = timezone.now()
+    claimed = ImportJob.objects.filter(pk=job_id, status=ImportJob.Status.QUEUED).update(
+        status=ImportJob.Status.VALIDATING, updated_at=now
+    )
     job = ImportJob.objects.select_related("project").get(pk=job_id)
-    if job.status in (ImportJob.Status.DONE, ImportJob.Status.FAILED):
+    if not claimed:
         return job
     path = Path(job.source_path)
-    job.status = ImportJob.Status.VALIDATING
-    with path.open("rb") as counting:
-        job.lines_total = sum(1 for _ in counting)
-    job.save(update_fields=["status", "lines_total"])
 
     def progress(done: int) -> None:
-        ImportJob.objects.filter(pk=job.pk).update(lines_done=done)
+        # Touching updated_at is the heartbeat import_sweep reads.
+        ImportJob.objects.filter(pk=job.pk).update(lines_done=done, updated_at=timezone.now())
 
     try:
+        with path.open("rb") as counting:
+            job.lines_total = sum(1 for _ in counting)
+        job.save(update_fields=["lines_total", "updated_at"])
         with path.open("rb") as stream:
-            parsed = parse_import(stream, project=job.project, progress=progress)
-        job = _finish(job, parsed)
-    except Exception:
+            job = _import(job, stream, progress)
+    except Exception as exc:
         logger.exception("import %s failed", job.pk)
-        job.status = ImportJob.Status.FAILED
-        job.errors = [
-            {"line": 0, "message": "the import failed on the server; nothing was imported"}
-        ]
-        job.finished_at = timezone.now()
-        job.save()
+        job = _fail(job, f"the import failed ({_describe(exc)}); nothing was imported")
     finally:
         path.unlink(missing_ok=True)
     return job
+
+
+def import_sweep() -> list[int]:
+    """Fails every live import job silent for TANDEM_IMPORT_STALE_SECONDS: its worker died.
+
+    Returns the ids failed. A run that is in fact still writing finds its job given up when it
+    tries to finish and rolls its write back, so a swept job never gains tasks.
+    """
+    now = timezone.now()
+    cutoff = now - timedelta(seconds=settings.TANDEM_IMPORT_STALE_SECONDS)
+    with transaction.atomic():
+        stale = list(
+            ImportJob.objects.select_for_update(skip_locked=True)
+            .filter(status__in=_LIVE, updated_at__lt=cutoff)
+            .values_list("pk", "source_path")
+        )
+        ImportJob.objects.filter(pk__in=[pk for pk, _ in stale]).update(
+            status=ImportJob.Status.FAILED,
+            errors=[
+                {
+                    "line": 0,
+                    "message": "the import stopped on the server (no progress for "
+                    f"{settings.TANDEM_IMPORT_STALE_SECONDS} s); nothing was imported",
+                }
+            ],
+            created=0,
+            finished_at=now,
+            updated_at=now,
+        )
+    for _, source in stale:
+        if source:
+            Path(source).unlink(missing_ok=True)
+    return [pk for pk, _ in stale]

@@ -132,7 +132,7 @@ REST_FRAMEWORK = {
         "rest_framework.authentication.SessionAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
-    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "DEFAULT_SCHEMA_CLASS": "annotation.api.common.AutoSchema",
     "DEFAULT_PARSER_CLASSES": [
         "annotation.api.parsers.JSONParser",
         "rest_framework.parsers.FormParser",
@@ -217,6 +217,12 @@ CELERY_BEAT_SCHEDULE = {
         "task": "annotation.tasks.import_sweep",
         "schedule": 60.0,
         "options": {"expires": 60.0},
+    },
+    # Expired tokens are refused at once; deleting their rows can wait.
+    "token-sweep": {
+        "task": "annotation.tasks.token_sweep",
+        "schedule": 3600.0,
+        "options": {"expires": 3600.0},
     },
 }
 
