@@ -9,7 +9,7 @@ PORT ?= 8000
 # `make demo DEMO_SETTINGS=webapp.settings.dev` gives a developer debug pages.
 DEMO_SETTINGS ?= webapp.settings.demo
 
-.PHONY: install demo demo-passwords test lint bench bench-training bench-loop migrate
+.PHONY: install demo demo-passwords test test-fast lint bench bench-training bench-loop migrate
 
 install: $(VENV)/.installed
 
@@ -45,6 +45,10 @@ demo-passwords: migrate
 
 test: install
 	DJANGO_SETTINGS_MODULE=webapp.settings.test $(VENV)/bin/pytest
+
+# The edit-test loop: everything but the tests marked slow or browser (`make test` runs them all).
+test-fast: install
+	DJANGO_SETTINGS_MODULE=webapp.settings.test $(VENV)/bin/pytest -m "not slow and not browser"
 
 lint: install
 	$(VENV)/bin/ruff check .
