@@ -18,7 +18,7 @@ What it does, all on 127.0.0.1 and bounded in time:
 The report starts with the setup it ran and the commit, the command and how idle the machine was.
 
     .venv/bin/python -m bench.web_load [--annotators 1,32] [--seconds 20] [--workers sync,gthread]
-    .venv/bin/python -m bench.web_load --smoke      # seconds: 2 annotators x 2 s over 200 tasks
+    .venv/bin/python -m bench.web_load --smoke      # seconds: 2 annotators x 2 s over 2,000 tasks
 """
 
 from __future__ import annotations
@@ -82,7 +82,7 @@ README_SETUP = {
     "annotators": "1,32",
     "seconds_per_run": 20.0,
 }
-SMOKE = ["--annotators", "1,2", "--seconds", "2", "--warmup", "0.5", "--tasks", "200",
+SMOKE = ["--annotators", "1,2", "--seconds", "2", "--warmup", "0.5", "--tasks", "2000",
          "--num-workers", "2", "--import-path", "job"]  # fmt: skip
 TARGETS = {
     "loops_s_32": 100.0,

@@ -84,7 +84,7 @@ def test_run_all_smoke(tmp_path):
     load = data["web_load"]
     _check_provenance(load, "web_load")
     _check_provenance(data["web_export"], "web_export")
-    assert load["import"]["tasks"] == 200
+    assert load["import"]["tasks"] == 2000
     assert load["import"]["path"] == "job", "the smoke takes the production job path"
     assert load["setup"]["differences_from_readme"], "a smoke run differs from the README's setup"
     runs = {r["annotators"]: r for r in load["runs"]}

@@ -88,7 +88,7 @@ def test_the_readme_setup_has_no_differences_and_an_inline_import_is_called_out(
 
 def test_smoke_expands_to_its_sizes_and_later_flags_win():
     args, effective = web_load.parse(["--smoke", "--seconds", "3"])
-    assert (args.tasks, args.annotators, args.seconds) == (200, "1,2", 3.0)
+    assert (args.tasks, args.annotators, args.seconds) == (2000, "1,2", 3.0)
     assert effective[-3:] == ["--smoke", "--seconds", "3"]
 
 

@@ -16,6 +16,8 @@ def shown_task(page) -> int:
 
 def wait_for_next(page, previous: int) -> int:
     expect(page.locator("#task-panel")).not_to_have_attribute("data-task-id", str(previous))
+    # Keys are ignored until the new task has settled (tandem.js marks <html data-busy>).
+    expect(page.locator("html[data-busy]")).to_have_count(0)
     return shown_task(page)
 
 

@@ -44,7 +44,13 @@
   // From the moment an annotate request leaves until the task that answers it has settled, keys
   // do nothing: an Enter pressed while the next task swaps in would otherwise reach a form htmx
   // has not yet taken over, and the browser would post it as a whole page.
+  // The state is mirrored on <html data-busy> so a page (or a browser test) can tell when keys
+  // work again.
   let busy = false;
+  function setBusy(value) {
+    busy = value;
+    document.documentElement.toggleAttribute("data-busy", value);
+  }
 
   function activate(element) {
     if (element.matches("textarea, input:not([type=radio])")) {
@@ -124,16 +130,16 @@
 
   const inTaskPanel = (event) => Boolean(event.detail?.elt?.closest?.("#task-panel"));
   document.addEventListener("htmx:beforeRequest", (event) => {
-    if (inTaskPanel(event)) busy = true;
+    if (inTaskPanel(event)) setBusy(true);
   });
   // A request that ends without a swap (network error, refused) frees the keys at once; one that
   // swaps frees them when the new task has settled.
   document.addEventListener("htmx:afterRequest", (event) => {
-    if (inTaskPanel(event) && !event.detail.shouldSwap) busy = false;
+    if (inTaskPanel(event) && !event.detail.shouldSwap) setBusy(false);
   });
-  document.addEventListener("htmx:responseError", () => { busy = false; });
-  document.addEventListener("htmx:sendError", () => { busy = false; });
-  document.addEventListener("htmx:afterSettle", () => { busy = false; });
+  document.addEventListener("htmx:responseError", () => setBusy(false));
+  document.addEventListener("htmx:sendError", () => setBusy(false));
+  document.addEventListener("htmx:afterSettle", () => setBusy(false));
 
   // Capture phase on window: runs before django-htmx's debug script (DEBUG on), which would
   // otherwise replace the whole page with the form's error reply. Stopping the event here hides

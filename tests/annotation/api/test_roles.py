@@ -257,7 +257,7 @@ def test_export(cast, api, name, code):
     assert response.status_code == code
     if code == 200:
         rows = [json.loads(line) for line in b"".join(response.streaming_content).splitlines()]
-        assert len(rows) == 1 and response["X-Export-Cursor"]
+        assert len(rows) == 1 and rows[0]["cursor"] and response["X-Export-Since"] == "c1.0.0"
 
 
 def test_export_bad_parameters(cast, api):
