@@ -187,7 +187,8 @@ def loop_tick(*, stale_after: timedelta | None = None) -> list[int]:
     Each run and each project is handled on its own: one that fails (settings today's checks
     refuse, a database error) is logged and recorded on its run, and the tick goes on with the rest.
     """
-    stale_after = stale_after or timedelta(seconds=django_settings.TANDEM_LOOP_STALE_SECONDS)
+    if stale_after is None:  # timedelta(0) is falsy, and means "every live run is stale"
+        stale_after = timedelta(seconds=django_settings.TANDEM_LOOP_STALE_SECONDS)
     now = timezone.now()
     for run in TrainingRun.objects.filter(
         status__in=_LIVE, heartbeat_at__lt=now - stale_after
@@ -543,6 +544,7 @@ def human_pairs(
 
 
 def _stage_reward(run: TrainingRun, loop: LoopSettings, progress: Callable[[Any], None]) -> None:
+    from training.artifacts import read_manifest
     from training.data import split_by_prompt
     from training.reward import EnsembleConfig, RewardConfig, train_reward_ensemble
 
@@ -573,6 +575,11 @@ def _stage_reward(run: TrainingRun, loop: LoopSettings, progress: Callable[[Any]
             data_cursor=cursor,
         ),
     )
+    trained_to = read_manifest(path).data_cursor
+    if trained_to and trained_to != cursor:
+        # An attempt that died after publishing trained this model: the round records the data
+        # that model saw, not the judgements that arrived since (they belong to the next round).
+        cursor, count = trained_to, human_pairs(project, until=trained_to)[2]
     with transaction.atomic():
         _fence(run)
         version = _register(run, ModelVersion.Kind.REWARD, name, path, metrics, parent=None)
@@ -817,9 +824,13 @@ def _stage_select(run: TrainingRun, loop: LoopSettings, progress: Callable[[Any]
             shown = [first, second]
             if index >= humans:
                 mean = per_prompt[pick.prompt_index].members.mean(axis=0)
+                # The ensemble's favourite is A: `random` selection does not orient its pairs,
+                # and a label must never contradict the scores it comes from.
+                if mean[pick.second] > mean[pick.first]:
+                    shown.reverse()
                 auto_label = {
                     "choice": "A",
-                    "margin": float(mean[pick.first] - mean[pick.second]),
+                    "margin": float(abs(mean[pick.first] - mean[pick.second])),
                     "reward_version": loop_round.reward_version_id,
                 }
             else:

@@ -1,7 +1,10 @@
 """Real Celery workers (and a throwaway Redis) for the loop's end-to-end and fault tests."""
 
+import base64
+import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -98,7 +101,18 @@ def redis_server(port: int, workdir: Path):
         kill_group(process)
 
 
+def free_port() -> int:
+    """A TCP port nothing listens on right now (the kernel's pick), never a fixed one that
+    another test run on the machine may hold."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 def start_redis(port: int, workdir: Path) -> subprocess.Popen:
+    """Starts a Redis on `port` and waits until it answers; fails if the Redis answering there is
+    not this one (another run took the port in between), so a test never flushes or stops
+    someone else's server."""
     process = subprocess.Popen(
         [
             "redis-server",
@@ -120,14 +134,37 @@ def start_redis(port: int, workdir: Path) -> subprocess.Popen:
     import redis
 
     client = redis.Redis(port=port)
-    wait_for(lambda: _pings(client), timeout=20, what=f"redis on port {port}")
+    try:
+        wait_for(lambda: _ours(client, process), timeout=20, what=f"our redis on port {port}")
+    except AssertionError:
+        kill_group(process)
+        raise
     return process
 
 
-def _pings(client) -> bool:
+def _ours(client, process: subprocess.Popen) -> bool:
     import redis
 
+    if process.poll() is not None:
+        raise AssertionError(f"redis-server exited with {process.returncode} (port taken?)")
     try:
-        return bool(client.ping())
+        return client.info("server")["process_id"] == process.pid
     except redis.ConnectionError:
         return False
+
+
+def queued_run_ids(client, queue: str = "cpu") -> list[int]:
+    """The run ids of the Celery messages waiting in a queue (kombu's JSON envelope, base64 body)."""
+    return sorted(_run_id(m) for m in client.lrange(queue, 0, -1))
+
+
+def take_run_id(client, queue: str = "cpu") -> int | None:
+    """Consumes the oldest message of a queue (kombu pushes left, pops right); its run id."""
+    message = client.rpop(queue)
+    return None if message is None else _run_id(message)
+
+
+def _run_id(message: bytes) -> int:
+    envelope = json.loads(message)
+    assert envelope["headers"]["task"] == "annotation.tasks.run_round_stage", envelope["headers"]
+    return json.loads(base64.b64decode(envelope["body"]))[0][0]

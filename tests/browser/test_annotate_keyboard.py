@@ -7,20 +7,10 @@ from playwright.sync_api import expect
 
 from annotation import services
 from annotation.models import Assignment, Judgement, Role
+from tests.browser.annotate_page import shown_task, wait_for_next
 from tests.factories import ProjectFactory, UserFactory, jsonl
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
-
-
-def shown_task(page) -> int:
-    return int(page.locator("#task-panel").get_attribute("data-task-id"))
-
-
-def wait_for_next(page, previous: int) -> int:
-    expect(page.locator("#task-panel")).not_to_have_attribute("data-task-id", str(previous))
-    # Keys are ignored until the new task has settled (tandem.js marks <html data-busy>).
-    expect(page.locator("html[data-busy]")).to_have_count(0)
-    return shown_task(page)
 
 
 def test_three_comparisons_by_keyboard_only(page, log_in, cast):
