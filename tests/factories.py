@@ -82,19 +82,28 @@ def wait_for_export_horizon(timeout: float = 30.0) -> None:
     """Waits until every judgement committed so far is older than the oldest running transaction.
 
     The export reads only up to that horizon (cluster-wide, so it is exactly-once); an unrelated
-    transaction elsewhere on the server can hold it back for a moment, which is by design.
+    transaction elsewhere on the server can hold it back for a moment, which is by design. Fails
+    (AssertionError) after `timeout` seconds: a test that went on would export less than it
+    expects and blame the export for a transaction someone forgot to close.
     """
     import time
 
     from django.db import connection
 
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    while True:
         with connection.cursor() as cursor:
             cursor.execute(
-                "SELECT coalesce(max(commit_seq), 0) < pg_snapshot_xmin(pg_current_snapshot())::text::bigint"
+                "SELECT coalesce(max(commit_seq), 0), pg_snapshot_xmin(pg_current_snapshot())::text::bigint"
                 " FROM annotation_judgement"
             )
-            if cursor.fetchone()[0]:
-                return
+            newest, horizon = cursor.fetchone()
+        if newest < horizon:
+            return
+        if time.monotonic() >= deadline:
+            raise AssertionError(
+                f"export horizon: after {timeout:g} s the oldest running transaction ({horizon}) is"
+                f" still not past the newest committed judgement's commit_seq ({newest});"
+                " a transaction left open holds it back"
+            )
         time.sleep(0.05)

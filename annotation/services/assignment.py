@@ -19,10 +19,6 @@ from ..models import Assignment, Project, Prompt, Task
 from ..selectors import live_assignment_for
 from .guards import project_ensure_writable
 
-# A lease attempt can lose a race (same annotator in two tabs) or land on a task whose expired
-# leases turn out to be still live; a few retries cover both without looping forever.
-_LEASE_ATTEMPTS = 5
-
 
 def _queue_head(*, annotator: AbstractUser, project: Project, now: datetime) -> Task | None:
     """The highest-priority task this annotator may take, row-locked; locked rows are skipped.
@@ -68,9 +64,18 @@ def earliest_live_expiry(task: Task) -> datetime | None:
 # the project if there is one (leasing is idempotent: looping on "lease" cannot drain the queue);
 # otherwise it locks the queue head (skipping rows others hold), inserts the assignment, counts it
 # on the task, and returns what the annotator is shown. A head whose leases have expired is left to
-# the general path below, under the lock this statement already took.
+# the general path below, under the lock this statement already took. When every task with room is
+# row-locked by other requests at that instant (skipped, not waited for), the statement names the
+# first of them instead, for the general path to wait for: "nothing left" is only ever said when no
+# task has room, never because others were leasing the same tasks at the same moment.
 _LEASE_LOCK_SQL = "SELECT pg_advisory_xact_lock(%(lock_space)s, %(annotator)s)"
-_LEASE_SQL = """
+# A task this annotator may lease now (t is annotation_task).
+_OPEN_TO_ANNOTATOR = """t.project_id = %(project)s AND NOT t.is_complete
+      AND (t.judgement_count < t.overlap - t.live_leases OR t.next_lease_expiry <= %(now)s)
+      AND NOT EXISTS (
+          SELECT 1 FROM annotation_assignment a WHERE a.task_id = t.id AND a.annotator_id = %(annotator)s
+      )"""
+_LEASE_SQL = f"""
 WITH held AS (
     SELECT a.id, a.task_id, a.leased_at, a.expires_at FROM annotation_assignment a
     WHERE a.annotator_id = %(annotator)s AND a.project_id = %(project)s AND a.status = 'leased'
@@ -79,12 +84,7 @@ WITH held AS (
     LIMIT 1
 ), head AS (
     SELECT t.id, t.next_lease_expiry FROM annotation_task t
-    WHERE NOT EXISTS (SELECT 1 FROM held)
-      AND t.project_id = %(project)s AND NOT t.is_complete
-      AND (t.judgement_count < t.overlap - t.live_leases OR t.next_lease_expiry <= %(now)s)
-      AND NOT EXISTS (
-          SELECT 1 FROM annotation_assignment a WHERE a.task_id = t.id AND a.annotator_id = %(annotator)s
-      )
+    WHERE NOT EXISTS (SELECT 1 FROM held) AND {_OPEN_TO_ANNOTATOR}
     ORDER BY t.priority DESC, t.id
     LIMIT 1
     FOR UPDATE OF t SKIP LOCKED
@@ -114,6 +114,14 @@ SELECT true, t.id, held.id, t.prompt_id, t.kind, t.round, t.priority, t.overlap,
 FROM held
 JOIN annotation_task t ON t.id = held.task_id
 JOIN annotation_prompt p ON p.id = t.prompt_id
+UNION ALL
+SELECT false, contended.id, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL
+FROM (
+    SELECT t.id FROM annotation_task t
+    WHERE NOT EXISTS (SELECT 1 FROM held) AND NOT EXISTS (SELECT 1 FROM head) AND {_OPEN_TO_ANNOTATOR}
+    ORDER BY t.priority DESC, t.id
+    LIMIT 1
+) contended
 """
 # The advisory-lock key space of leases ("tand"), so it cannot collide with other advisory locks.
 _LEASE_LOCK_SPACE = 0x74616E64
@@ -122,7 +130,8 @@ _LEASE_LOCK_SPACE = 0x74616E64
 def _lease_in_one_statement(
     *, annotator: AbstractUser, project: Project, now: datetime, expires_at: datetime
 ) -> tuple[Assignment | None, bool, int | None]:
-    """(assignment, created, None), or (None, False, id of a locked head with expired leases), or
+    """(assignment, created, None); or (None, False, id of a head to lease on the general path: one
+    this statement locked because its leases expired, or one other requests held locked); or
     (None, False, None) when nothing is left for the annotator."""
     params = {
         "project": project.pk,
@@ -211,20 +220,30 @@ def assignment_acquire(
     selector). Raises Conflict when the project is archived.
     """
     project_ensure_writable(project=project)
-    for _ in range(_LEASE_ATTEMPTS):
+    # No fixed number of attempts: a pass that does not return either lost the last slot of the
+    # task it waited for to a transaction that committed meanwhile, or refreshed (and saved) a
+    # stale lease expiry. Both are progress, so this ends; and a bound would answer "nothing left"
+    # while tasks remain, which is what a busy queue must never be told.
+    while True:
         now = timezone.now()
         try:
             with transaction.atomic():
                 if connection.vendor == "postgresql":
                     expires_at = now + timedelta(seconds=project.lease_seconds)
-                    assignment, created, expired_head = _lease_in_one_statement(
+                    assignment, created, head = _lease_in_one_statement(
                         annotator=annotator, project=project, now=now, expires_at=expires_at
                     )
                     if assignment is not None:
                         return assignment, created
-                    if expired_head is None:
+                    if head is None:
                         return None, False
-                    task = Task.objects.select_related("prompt").get(pk=expired_head)
+                    # Waits for the request that holds the row (a no-op when the statement above
+                    # locked it); `_lease_locked` then checks the room under the lock.
+                    task = (
+                        Task.objects.select_for_update(of=("self",))
+                        .select_related("prompt")
+                        .get(pk=head)
+                    )
                 else:
                     # SQLite's IMMEDIATE transactions serialise writers, so this look-up and the
                     # lease below cannot interleave with another request of the same annotator.
@@ -240,7 +259,6 @@ def assignment_acquire(
         except IntegrityError:
             # The same annotator leased this task in a parallel request: take the next one.
             continue
-    return None, False
 
 
 def assignment_lease(*, annotator: AbstractUser, project: Project) -> Assignment | None:

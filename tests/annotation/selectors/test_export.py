@@ -4,7 +4,7 @@ import threading
 from dataclasses import astuple
 
 import pytest
-from django.db import connections
+from django.db import connections, transaction
 
 from annotation import services
 from annotation.errors import InvalidInput
@@ -88,6 +88,64 @@ def test_a_bad_cursor_is_a_clear_error():
         export_judgements(project=project, shape="csv", since=None)
 
 
+def test_a_judgement_committed_during_an_export_is_exported_once_by_the_next_one():
+    """The race the horizon exists for, made to happen: a transaction that inserted a judgement
+    stays open across an export while a newer transaction commits; the held one commits after the
+    export has handed out its cursors. Resuming from the last line's cursor picks up both, once."""
+    project, (alice, bob) = make_project(n_tasks=5)
+    before = judge(project, alice)
+    wait_for_export_horizon()  # `before` is settled for good: the horizon only moves forward
+    bob_lease = services.assignment_lease(annotator=bob, project=project)
+    inserted, release = threading.Event(), threading.Event()
+    held: dict = {}
+    failures: list[BaseException] = []
+
+    def submit_and_hold():
+        # Its own thread, so its own connection and transaction, as a second web worker would.
+        try:
+            with transaction.atomic():
+                held["judgement"], held["created"] = services.judgement_submit(
+                    assignment=bob_lease,
+                    data={"choice": "B", "strength": 1},
+                    idempotency_key="held",
+                )
+                inserted.set()
+                if not release.wait(20):
+                    raise TimeoutError("never released")
+        except BaseException as exc:  # noqa: BLE001 - surfaced to the main thread below
+            failures.append(exc)
+        finally:
+            inserted.set()
+            connections.close_all()
+
+    holder = threading.Thread(target=submit_and_hold)
+    holder.start()
+    try:
+        assert inserted.wait(20) and not failures, failures
+        # A newer transaction commits first: its commit_seq is above the held one's.
+        after = judge(project, alice)
+        first = _export_judgements(project=project, shape="raw", since=None)
+        first_rows = list(first.rows())
+    finally:
+        release.set()
+        holder.join(20)
+    assert not holder.is_alive() and not failures, failures
+    late = held["judgement"]
+    assert held["created"] and Judgement.objects.filter(pk=late.pk).exists()
+    # Neither the open judgement nor the one committed behind it is in the first export: sending
+    # `after` would put its cursor past `late`, which would then never be exported.
+    assert [r["judgement_id"] for r in first_rows] == [before.pk]
+
+    wait_for_export_horizon()
+    second = _export_judgements(project=project, shape="raw", since=first_rows[-1]["cursor"])
+    second_ids = [r["judgement_id"] for r in second.rows()]
+    assert second_ids == [late.pk, after.pk], "in commit_seq order, each once"
+    exported = [before.pk, *second_ids]
+    stored = Judgement.objects.filter(project=project).values_list("id", flat=True)
+    assert sorted(exported) == sorted(stored) and len(set(exported)) == len(exported) == 3
+    assert list(_export_judgements(project=project, shape="raw", since=second.cursor).rows()) == []
+
+
 @pytest.mark.slow
 def test_exports_while_annotators_submit_see_every_judgement_exactly_once():
     project, users = make_project(n_tasks=300, overlap=1, annotators=8)
@@ -115,15 +173,20 @@ def test_exports_while_annotators_submit_see_every_judgement_exactly_once():
         thread.start()
     exported: list[int] = []
     cursor = None
+    exports = 0
+    # No waiting for a quiet moment here: every export runs while transactions that inserted
+    # judgements are open or committing out of order, which is the race the horizon must handle.
     while any(t.is_alive() for t in threads):
-        export = export_judgements(project=project, shape="raw", since=cursor, chunk=7)
+        export = _export_judgements(project=project, shape="raw", since=cursor, chunk=7)
         exported.extend(r["judgement_id"] for r in export.rows())
         cursor = export.cursor
+        exports += 1
     for thread in threads:
         thread.join()
     export = export_judgements(project=project, shape="raw", since=cursor)
     exported.extend(r["judgement_id"] for r in export.rows())
     assert not failures
+    assert exports >= 3, "the exports ran while annotators were submitting"
     stored = list(Judgement.objects.filter(project=project).values_list("id", flat=True))
     assert len(stored) == 300
     assert sorted(exported) == sorted(stored), "every judgement exactly once"

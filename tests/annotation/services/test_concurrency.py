@@ -37,6 +37,8 @@ def test_concurrent_annotators_never_overfill_a_task_and_lose_nothing():
     skipped: list[int] = []
     violations: list[list] = []
     failures: list[BaseException] = []
+    watcher_failures: list[BaseException] = []
+    checks = 0
     lock = threading.Lock()
     done = threading.Event()
     start = threading.Barrier(ANNOTATORS + 1)
@@ -76,13 +78,19 @@ def test_concurrent_annotators_never_overfill_a_task_and_lose_nothing():
             connections.close_all()
 
     def watch():
+        # An exception here would only be a warning from pytest, and `violations` would stay
+        # empty: it is collected and fails the test below, as does a watcher that never looked.
+        nonlocal checks
         try:
             while not done.is_set():
                 with connection.cursor() as cursor:
                     cursor.execute(OVERFULL_TASKS, [project.pk])
                     rows = cursor.fetchall()
+                checks += 1
                 if rows:
                     violations.append(rows)
+        except BaseException as exc:  # noqa: BLE001 - surfaced to the main thread below
+            watcher_failures.append(exc)
         finally:
             connections.close_all()
 
@@ -97,7 +105,11 @@ def test_concurrent_annotators_never_overfill_a_task_and_lose_nothing():
     done.set()
     watcher.join(timeout=30)
 
+    assert not any(thread.is_alive() for thread in threads), "an annotator thread hung"
+    assert not watcher.is_alive(), "the watcher hung"
     assert not failures, failures[:3]
+    assert not watcher_failures, watcher_failures
+    assert checks >= 5, f"the watcher checked the invariant only {checks} times"
     assert not violations, violations[:3]
     # Nothing lost: every judgement a thread was told it stored is in the database, once.
     stored = set(Judgement.objects.filter(project=project).values_list("id", flat=True))

@@ -136,7 +136,22 @@ def test_two_rounds_through_the_api_with_a_real_worker(
     client.credentials(HTTP_AUTHORIZATION=f"Token {token_issue(user=trainer)[1]}")
     listed = client.get(f"/api/v1/projects/{project.pk}/rounds").json()
     assert [r["number"] for r in listed] == [1, 2]
-    assert listed[0]["win_rate"] is not None and listed[0]["win_rate_ci"] is not None
+    # The headline number is what the evaluation judgements say, counted here from the rows: a
+    # win for π1 is a judgement choosing the side that holds π1's response (a tie or two bad
+    # answers count half).
+    wins = n = 0.0
+    for judgement in Judgement.objects.filter(task__round=1, task__purpose="evaluation"):
+        side = dict(
+            TaskResponse.objects.filter(task=judgement.task).values_list(
+                "response__model_version", "position"
+            )
+        )[pi1.pk]
+        choice = judgement.payload["choice"]
+        wins += (choice == "AB"[side]) if choice in ("A", "B") else 0.5
+        n += 1
+    assert n > 0 and listed[0]["win_rate"] == pytest.approx(wins / n)
+    low, high = listed[0]["win_rate_ci"]
+    assert low <= listed[0]["win_rate"] <= high and high - low > 0
     assert listed[0]["policy_version"] == pi1.pk
     models = client.get("/api/v1/models", {"project": project.pk}).json()
     assert {m["kind"] for m in models} == {"policy", "reward"}
