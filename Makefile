@@ -56,14 +56,15 @@ lint: install
 	$(VENV)/bin/mypy
 	DJANGO_SETTINGS_MODULE=webapp.settings.dev $(PY) manage.py makemigrations --check --dry-run
 
-# Each prints its figures and ratios and writes JSON under bench/out/ (see README, Performance).
+# Each prints its figures and ratios, writes JSON under bench/out/ and saves the result under
+# bench/results/<date>/ for committing (see README, Performance).
 bench: install
-	$(PY) -m bench.run_all
+	$(PY) -m bench.run_all --save-result
 
 bench-training: install
-	$(PY) -m bench.oracle_loop --json bench/out/oracle_loop.json --plot bench/out/oracle_loop.png
-	$(PY) bench/reward_real.py --json bench/out/reward_real.json
+	$(PY) -m bench.oracle_loop --save-result --json bench/out/oracle_loop.json --plot bench/out/oracle_loop.png
+	$(PY) bench/reward_real.py --save-result --json bench/out/reward_real.json
 
 bench-loop: install
-	$(PY) -m bench.loop_latency --json bench/out/loop_latency.json
-	$(PY) -m bench.round_one_replay --json bench/out/round_one_replay.json
+	$(PY) -m bench.loop_latency --save-result --json bench/out/loop_latency.json
+	$(PY) -m bench.round_one_replay --save-result --json bench/out/round_one_replay.json
