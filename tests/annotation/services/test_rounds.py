@@ -6,7 +6,6 @@ import json
 from datetime import timedelta
 
 import pytest
-import redis
 from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
@@ -37,15 +36,6 @@ from tests.factories import (
 pytestmark = pytest.mark.django_db
 
 LOOP = {"enabled": True, "policy_model": "org/pi0", "reward_backbone": "minilm"}
-
-
-@pytest.fixture
-def broker():
-    """The real Redis the tests' Celery app sends to; emptied before and after."""
-    client = redis.Redis.from_url(settings.CELERY_BROKER_URL)
-    client.delete("cpu", "gpu")
-    yield client
-    client.delete("cpu", "gpu")
 
 
 def loop_project(**loop):

@@ -12,7 +12,6 @@ from datetime import timedelta
 
 import numpy as np
 import pytest
-import redis
 from django.conf import settings
 from django.utils import timezone
 from kombu.exceptions import OperationalError
@@ -40,15 +39,6 @@ from tests.factories import (
 pytestmark = pytest.mark.django_db
 
 LOOP = {"enabled": True, "policy_model": "org/pi0", "reward_backbone": "minilm"}
-
-
-@pytest.fixture
-def broker():
-    """The real Redis the tests' Celery app sends to (this run's own database number)."""
-    client = redis.Redis.from_url(settings.CELERY_BROKER_URL)
-    client.delete("cpu", "gpu")
-    yield client
-    client.delete("cpu", "gpu")
 
 
 def _stale():
