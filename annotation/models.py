@@ -47,6 +47,11 @@ class Project(models.Model):
     rubric = models.JSONField(
         default=list, blank=True, help_text="Attribute rubric for rating projects."
     )
+    kind_settings = models.JSONField(
+        default=dict,
+        blank=True,
+        help_text="Settings of the project's feedback kind, validated by the kind's module.",
+    )
     gold_ratio = models.FloatField(
         default=0.0, help_text="Share of gold items mixed into the queue."
     )
@@ -119,7 +124,7 @@ class Prompt(models.Model):
     external_id = models.CharField(max_length=200, null=True, blank=True)  # noqa: DJ001
     metadata = models.JSONField(default=dict, blank=True)
     image = models.CharField(
-        max_length=500, blank=True, help_text="Image asset for multimodal kinds."
+        max_length=500, blank=True, help_text="sha256:<hex> of the image shown with the prompt (multimodal kinds)."
     )
     context = models.JSONField(
         default=dict, blank=True, help_text="Factual context: captions, reference answer."
@@ -138,6 +143,42 @@ class Prompt(models.Model):
 
     def __str__(self) -> str:
         return f"prompt {self.pk}"
+
+
+class Image(models.Model):
+    """An image stored once by its content hash, after it decoded as JPEG, PNG or WebP.
+
+    The stored bytes are the re-encoded image without its metadata (EXIF, GPS), so `sha256` is the
+    hash of what is served. Who may see it is decided per project (`ProjectImage`), never here.
+    """
+
+    sha256 = models.CharField(max_length=64, primary_key=True)
+    format = models.CharField(max_length=8, help_text="jpeg, png or webp: the verified format.")
+    width = models.PositiveIntegerField()
+    height = models.PositiveIntegerField()
+    size_bytes = models.PositiveIntegerField()
+    file = models.CharField(max_length=300, help_text="Storage name of the image.")
+    thumbnail = models.CharField(max_length=300, help_text="Storage name of its thumbnail.")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    def __str__(self) -> str:
+        return f"sha256:{self.sha256[:12]}… ({self.format}, {self.width}×{self.height})"
+
+
+class ProjectImage(models.Model):
+    """An image a project holds: only its members may see it."""
+
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="images")
+    image = models.ForeignKey(Image, on_delete=models.PROTECT, related_name="projects")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["project", "image"], name="one_link_per_project_image")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.project_id} · {self.image_id[:12]}"
 
 
 class Response(models.Model):
