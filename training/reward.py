@@ -24,18 +24,25 @@ import numpy as np
 import torch
 
 from training.artifacts import ProgressCallback, ProgressReporter, publish_run
-from training.data import Message, PreferencePair, render_messages
-from training.losses import (
-    aggregate_ensemble,
-    expected_calibration_error,
-    mean_margin,
-    pairwise_accuracy,
-)
+from training.data import PreferencePair
 from training.models import load_reward_backbone, load_tokenizer, minilm_path
+from training.reward_encoding import ENCODING_FILE, Encoding, encode
+from training.reward_ensemble import EnsembleScores, RewardEnsemble, evaluate_pairs
 
-# Written next to each member's weights: how texts were turned into tokens,
-# so that scoring encodes exactly as training did.
-ENCODING_FILE = "tandem_reward.json"
+__all__ = [
+    "ENCODING_FILE",
+    "EnsembleConfig",
+    "EnsembleResult",
+    "EnsembleScores",
+    "RewardConfig",
+    "RewardEnsemble",
+    "RewardResult",
+    "cpu_has_fast_bf16",
+    "evaluate_pairs",
+    "resolve_backbone",
+    "train_reward_ensemble",
+    "train_reward_model",
+]
 
 
 @dataclass
@@ -238,67 +245,6 @@ def resolve_backbone(backbone: str) -> str:
     return str(minilm_path()) if backbone == "minilm" else backbone
 
 
-@dataclass(frozen=True)
-class _Encoding:
-    max_length: int
-    truncation_side: str
-    max_completion_length: int | None = None
-
-
-def _as_messages(completion: Sequence[Message] | str) -> list[Message]:
-    if isinstance(completion, str):
-        return [{"role": "assistant", "content": completion}]
-    return list(completion)
-
-
-def _cut(ids: list[int], room: int, side: str) -> list[int]:
-    if len(ids) <= room:
-        return ids
-    return ids[len(ids) - room :] if side == "left" else ids[:room]
-
-
-def _encode(
-    tokenizer: Any,
-    prompt: Sequence[Message],
-    completion: Sequence[Message] | str,
-    encoding: _Encoding,
-) -> list[int]:
-    """Token ids of prompt + completion, at most ``encoding.max_length`` of them.
-
-    The first token (BOS / [CLS]) and the last ([SEP], or the template's EOS)
-    survive any cut when they are special tokens: encoders pool the first,
-    decoder classifiers read the last. With ``max_completion_length`` the
-    completion keeps its start (up to that many tokens, more if the prompt is
-    short) and the prompt its end, as TRL's DPO truncation does; otherwise the
-    whole sequence is cut on ``truncation_side``.
-    """
-    completion = _as_messages(completion)
-    text = render_messages(tokenizer, prompt, completion)
-    # A chat template writes its own BOS; tokenizers without one add [CLS]/[SEP] here.
-    has_template = bool(getattr(tokenizer, "chat_template", None))
-    ids: list[int] = tokenizer(text, add_special_tokens=not has_template)["input_ids"]
-    if len(ids) <= encoding.max_length:
-        return ids
-    special = set(tokenizer.all_special_ids)
-    head = ids[:1] if ids[0] in special else []
-    tail = ids[-1:] if ids[-1] in special else []
-    room = encoding.max_length - len(head) - len(tail)
-    body = ids[len(head) : len(ids) - len(tail)]
-    prompt_text = render_messages(tokenizer, prompt, [])
-    if encoding.max_completion_length is None or not text.startswith(prompt_text):
-        return head + _cut(body, room, encoding.truncation_side) + tail
-    # Split at the prompt's text boundary; a template that renders the prompt
-    # differently on its own (the startswith check) falls back to one cut.
-    prompt_ids = tokenizer(prompt_text, add_special_tokens=False)["input_ids"]
-    if prompt_ids[:1] == head:
-        prompt_ids = prompt_ids[1:]
-    completion_ids = body[len(prompt_ids) :]
-    prompt_room = room - min(len(completion_ids), encoding.max_completion_length)
-    kept_prompt = _cut(prompt_ids, max(prompt_room, 0), "left")
-    kept_completion = completion_ids[: room - len(kept_prompt)]
-    return head + kept_prompt + kept_completion + tail
-
-
 def _freeze(model: Any, config: RewardConfig) -> None:
     if config.freeze_embeddings:
         model.get_input_embeddings().requires_grad_(False)
@@ -359,13 +305,13 @@ def train_reward_model(
         raise ValueError("no untied preference pairs to train on")
     backbone = resolve_backbone(config.backbone)
     tokenizer = load_tokenizer(backbone)
-    encoding = _Encoding(config.max_length, config.truncation_side, config.max_completion_length)
+    encoding = Encoding(config.max_length, config.truncation_side, config.max_completion_length)
     with_margin = config.use_margin and any(pair.margin is not None for pair in usable)
     rows = []
     for pair in usable:
         row: dict[str, Any] = {
-            "chosen_ids": _encode(tokenizer, pair.prompt, pair.chosen, encoding),
-            "rejected_ids": _encode(tokenizer, pair.prompt, pair.rejected, encoding),
+            "chosen_ids": encode(tokenizer, pair.prompt, pair.chosen, encoding),
+            "rejected_ids": encode(tokenizer, pair.prompt, pair.rejected, encoding),
         }
         if with_margin:
             row["margin"] = pair.margin or 0.0
@@ -437,169 +383,6 @@ def train_reward_model(
         "seconds": round(time.perf_counter() - started, 2),
     }
     return RewardResult(path=output_dir, metrics=metrics)
-
-
-@dataclass(frozen=True)
-class EnsembleScores:
-    """Rewards of ``K`` members for ``N`` items; ``members`` has shape ``[K, N]``."""
-
-    members: np.ndarray
-
-    def _aggregate(
-        self, how: Literal["mean", "worst", "uncertainty_weighted"], lam: float = 0.0
-    ) -> np.ndarray:
-        return aggregate_ensemble(torch.from_numpy(self.members), how, lam=lam).numpy()
-
-    @property
-    def mean(self) -> np.ndarray:
-        """``[N]`` mean over members."""
-        return self._aggregate("mean")
-
-    @property
-    def std(self) -> np.ndarray:
-        """``[N]`` population standard deviation over members: the disagreement signal."""
-        return self.members.std(axis=0)
-
-    @property
-    def worst(self) -> np.ndarray:
-        """``[N]`` minimum over members (worst-case optimisation, Coste et al. 2024)."""
-        return self._aggregate("worst")
-
-    def uncertainty_weighted(self, lam: float) -> np.ndarray:
-        """``[N]`` mean − λ·std (uncertainty-weighted optimisation, Coste et al. 2024, with std for Var)."""
-        return self._aggregate("uncertainty_weighted", lam)
-
-
-class RewardEnsemble:
-    """K trained reward models that score (prompt, completion) pairs together.
-
-    ``load`` accepts a published ensemble run (``members/0``, ``members/1``, ...)
-    or a single model directory (then K = 1).
-    """
-
-    def __init__(
-        self, models: list[Any], tokenizers: list[Any], encodings: list[_Encoding], device: str
-    ) -> None:
-        self.models = models
-        self.tokenizers = tokenizers
-        self.encodings = encodings
-        self.device = device
-
-    def __len__(self) -> int:
-        return len(self.models)
-
-    @classmethod
-    def load(cls, path: str | Path, device: str = "cpu") -> RewardEnsemble:
-        path = Path(path)
-        members_dir = path / "members"
-        if members_dir.is_dir():
-            dirs = sorted(
-                (d for d in members_dir.iterdir() if d.is_dir()), key=lambda d: int(d.name)
-            )
-        else:
-            dirs = [path]
-        if not dirs:
-            raise FileNotFoundError(f"{path} holds no reward models")
-        models: list[Any] = []
-        tokenizers, encodings = [], []
-        for member in dirs:
-            model: Any = load_reward_backbone(member)
-            models.append(model.to(device).eval())
-            tokenizers.append(load_tokenizer(member))
-            settings = json.loads((member / ENCODING_FILE).read_text())
-            encodings.append(_Encoding(**settings))
-        return cls(models, tokenizers, encodings, device)
-
-    @torch.no_grad()
-    def _score_member(
-        self,
-        k: int,
-        prompts: Sequence[Sequence[Message]],
-        completions: Sequence[Any],
-        batch_size: int,
-    ) -> np.ndarray:
-        model, tokenizer, encoding = self.models[k], self.tokenizers[k], self.encodings[k]
-        ids = [
-            _encode(tokenizer, p, c, encoding) for p, c in zip(prompts, completions, strict=True)
-        ]
-        # Batching by length wastes less compute on padding; results go back in input order.
-        order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
-        scores = np.empty(len(ids), dtype=np.float64)
-        for start in range(0, len(order), batch_size):
-            batch = order[start : start + batch_size]
-            width = max(len(ids[i]) for i in batch)
-            input_ids = torch.full((len(batch), width), tokenizer.pad_token_id, dtype=torch.long)
-            attention = torch.zeros((len(batch), width), dtype=torch.long)
-            for row, i in enumerate(batch):
-                input_ids[row, : len(ids[i])] = torch.tensor(ids[i])
-                attention[row, : len(ids[i])] = 1
-            logits = model(
-                input_ids=input_ids.to(self.device), attention_mask=attention.to(self.device)
-            ).logits
-            scores[batch] = logits[:, 0].float().cpu().numpy()
-        return scores
-
-    def score(
-        self,
-        prompts: Sequence[Sequence[Message]],
-        completions: Sequence[Sequence[Message] | str],
-        batch_size: int = 32,
-    ) -> EnsembleScores:
-        """Reward of each ``completions[i]`` given ``prompts[i]`` under every member: ``members`` is ``[K, N]``.
-
-        A string completion is one assistant message.
-        """
-        if len(prompts) != len(completions):
-            raise ValueError(f"{len(prompts)} prompts but {len(completions)} completions")
-        if not prompts:
-            return EnsembleScores(np.zeros((len(self), 0)))
-        members = [
-            self._score_member(k, prompts, completions, batch_size) for k in range(len(self))
-        ]
-        return EnsembleScores(np.stack(members))
-
-
-def _pair_metrics(chosen: np.ndarray, rejected: np.ndarray) -> dict[str, float]:
-    c, r = torch.from_numpy(chosen), torch.from_numpy(rejected)
-    return {
-        "accuracy": pairwise_accuracy(c, r),
-        "mean_margin": mean_margin(c, r),
-        "ece": expected_calibration_error(c, r),
-    }
-
-
-def evaluate_pairs(
-    ensemble: RewardEnsemble,
-    pairs: Sequence[PreferencePair],
-    *,
-    lam: float = 1.0,
-    batch_size: int = 32,
-) -> dict[str, Any]:
-    """Held-out metrics of an ensemble on untied human pairs.
-
-    ``accuracy``, ``mean_margin`` and ``ece`` use the mean reward;
-    ``accuracy_worst`` and ``accuracy_uncertainty_weighted`` (mean − ``lam``·std)
-    the conservative aggregations of Coste et al. 2024; ``member_accuracy``
-    lists each member's own; ``mean_std`` is the average member disagreement
-    over both completions; ``n`` counts the pairs (ties are ignored).
-    """
-    usable = [pair for pair in pairs if not pair.tie]
-    if not usable:
-        raise ValueError("no untied pairs to evaluate")
-    prompts = [pair.prompt for pair in usable]
-    chosen = ensemble.score(prompts, [pair.chosen for pair in usable], batch_size)
-    rejected = ensemble.score(prompts, [pair.rejected for pair in usable], batch_size)
-    metrics: dict[str, Any] = {"n": len(usable), **_pair_metrics(chosen.mean, rejected.mean)}
-    metrics["accuracy_worst"] = _pair_metrics(chosen.worst, rejected.worst)["accuracy"]
-    metrics["accuracy_uncertainty_weighted"] = _pair_metrics(
-        chosen.uncertainty_weighted(lam), rejected.uncertainty_weighted(lam)
-    )["accuracy"]
-    metrics["member_accuracy"] = [
-        _pair_metrics(chosen.members[k], rejected.members[k])["accuracy"]
-        for k in range(len(ensemble))
-    ]
-    metrics["mean_std"] = float(np.concatenate([chosen.std, rejected.std]).mean())
-    return metrics
 
 
 def train_reward_ensemble(

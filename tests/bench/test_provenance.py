@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from bench import common, loop_latency, web_load
+from bench import common, loop_latency, provenance, web_load
 
 HEAD = {"sha": "a" * 40, "dirty": False}
 RECIPE = {"prompts_per_round": 96, "eval_prompts": 48, "sft_steps": 120, "rounds": 3, "seed": 0}
@@ -93,7 +93,7 @@ def test_smoke_expands_to_its_sizes_and_later_flags_win():
 
 
 def test_result_carries_commit_machine_command_and_idle_share(tmp_path, monkeypatch):
-    monkeypatch.setattr(common, "RESULTS", tmp_path / "results")
+    monkeypatch.setattr(provenance, "RESULTS", tmp_path / "results")
     with common.RunMeter() as meter:
         # CPU spent by a child process counts as the bench's own, not as others'.
         subprocess.run([sys.executable, "-c", "sum(i * i for i in range(3_000_000))"], check=True)
@@ -114,6 +114,6 @@ def test_result_carries_commit_machine_command_and_idle_share(tmp_path, monkeypa
 
 
 def test_smoke_results_are_never_saved_as_results(tmp_path, monkeypatch):
-    monkeypatch.setattr(common, "RESULTS", tmp_path / "results")
+    monkeypatch.setattr(provenance, "RESULTS", tmp_path / "results")
     common.record("demo", [], None, {}, json_path=None, save=True, smoke=True)
     assert not (tmp_path / "results").exists()

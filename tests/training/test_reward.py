@@ -23,13 +23,12 @@ from training.reward import (
     EnsembleScores,
     RewardConfig,
     RewardEnsemble,
-    _encode,
-    _Encoding,
     cpu_has_fast_bf16,
     evaluate_pairs,
     train_reward_ensemble,
     train_reward_model,
 )
+from training.reward_encoding import Encoding, encode
 
 HH_DATA = (
     Path(__file__).resolve().parents[2].parent
@@ -77,7 +76,7 @@ def untrained_metrics(backbone: Path, pairs: list[PreferencePair]) -> dict[str, 
     set_seed(0)
     model: Any = load_reward_backbone(str(backbone))
     untrained = RewardEnsemble(
-        [model.eval()], [load_tokenizer(backbone)], [_Encoding(64, "left")], "cpu"
+        [model.eval()], [load_tokenizer(backbone)], [Encoding(64, "left")], "cpu"
     )
     return evaluate_pairs(untrained, pairs)
 
@@ -280,19 +279,19 @@ def test_ties_only_is_an_error(tmp_path: Path) -> None:
 def test_long_sequences_keep_their_special_tokens_and_the_final_reply(tiny_tokenizer: Any) -> None:
     prompt = [{"role": "user", "content": " ".join(["river"] * 200)}]
     reply = "the cat " + GOOD
-    left = _encode(tiny_tokenizer, prompt, reply, _Encoding(32, "left"))
+    left = encode(tiny_tokenizer, prompt, reply, Encoding(32, "left"))
     assert len(left) == 32
     assert left[0] == tiny_tokenizer.bos_token_id and left[-1] == tiny_tokenizer.eos_token_id
     assert tiny_tokenizer.decode(left, skip_special_tokens=True).endswith(reply)
     # With a completion budget a long reply keeps its start and the prompt its end.
     long_reply = "stone " + " ".join(["cloud"] * 100)
-    split = _encode(
-        tiny_tokenizer, prompt, long_reply, _Encoding(32, "left", max_completion_length=20)
+    split = encode(
+        tiny_tokenizer, prompt, long_reply, Encoding(32, "left", max_completion_length=20)
     )
     text = tiny_tokenizer.decode(split, skip_special_tokens=False)
     assert len(split) == 32
     assert "river<|eos|><|assistant|>\nstone cloud" in text
-    short = _encode(tiny_tokenizer, prompt[:1], "hi", _Encoding(512, "left"))
+    short = encode(tiny_tokenizer, prompt[:1], "hi", Encoding(512, "left"))
     assert tiny_tokenizer.decode(short) == tiny_tokenizer.apply_chat_template(
         prompt + [{"role": "assistant", "content": "hi"}], tokenize=False
     )
