@@ -1,7 +1,62 @@
 from django.contrib import admin, messages
+from django.core.exceptions import PermissionDenied
+from django.core.files.storage import storages
+from django.forms.models import BaseInlineFormSet
+from django.http import FileResponse, Http404
+from django.shortcuts import get_object_or_404
+from django.urls import path, reverse
+from django.utils.html import format_html
 
 from . import models, services
+from .api.images import IMAGE_HEADERS
 from .errors import TandemError
+from .services.images import BY_NAME
+
+# The project page lists this many of its images (the most recent); the Images list has them all.
+INLINE_IMAGES = 50
+_PREVIEW_SIDE = 96
+
+
+def image_preview(image: models.Image, *, side: int = _PREVIEW_SIDE) -> str:
+    """An <img> of the image's thumbnail, served to staff by ImageAdmin's own view."""
+    scale = min(1.0, side / max(image.width, image.height, 1))
+    return format_html(
+        '<img src="{}" width="{}" height="{}" alt="sha256:{}" loading="lazy">',
+        reverse("admin:annotation_image_file", args=[image.sha256]) + "?size=thumb",
+        max(1, round(image.width * scale)),
+        max(1, round(image.height * scale)),
+        image.sha256,
+    )
+
+
+class _RecentImages(BaseInlineFormSet):
+    def get_queryset(self):
+        if not hasattr(self, "_recent"):
+            self._recent = super().get_queryset().order_by("-id")[:INLINE_IMAGES]
+            self._queryset = self._recent
+        return self._recent
+
+
+class ProjectImageInline(admin.TabularInline):
+    """The project's images, shown: they are added by uploads and imports (which verify them)."""
+
+    model = models.ProjectImage
+    formset = _RecentImages
+    extra = 0
+    can_delete = False
+    fields = ["preview", "image", "created_at"]
+    readonly_fields = fields
+    verbose_name_plural = f"Images (the {INLINE_IMAGES} most recent)"
+
+    def get_queryset(self, request):
+        return super().get_queryset(request).select_related("image")
+
+    @admin.display(description="Preview")
+    def preview(self, obj: models.ProjectImage) -> str:
+        return image_preview(obj.image)
+
+    def has_add_permission(self, request, obj=None) -> bool:
+        return False
 
 
 class MembershipInline(admin.TabularInline):
@@ -33,7 +88,7 @@ class ProjectAdmin(admin.ModelAdmin):
     ]
     list_filter = ["kind", "archived", "created_at"]
     search_fields = ["name"]
-    inlines = [MembershipInline]
+    inlines = [MembershipInline, ProjectImageInline]
 
 
 @admin.register(models.Membership)
@@ -235,3 +290,75 @@ class TrainingRunAdmin(admin.ModelAdmin):
     ]
     list_filter = ["status", "stage", "round__project"]
     list_select_related = ["round", "round__project"]
+
+
+@admin.register(models.Image)
+class ImageAdmin(admin.ModelAdmin):
+    """Images, looked at only: they enter through uploads and imports, which verify and strip
+    them, and they are deleted with nothing (a row lost would leave prompts naming nothing)."""
+
+    list_display = ["preview", "sha256", "format", "width", "height", "size_bytes", "created_at"]
+    list_filter = ["format", "created_at"]
+    search_fields = ["sha256"]
+    fields = [
+        "large_preview",
+        "sha256",
+        "format",
+        "width",
+        "height",
+        "size_bytes",
+        "file",
+        "thumbnail",
+        "created_at",
+        "in_projects",
+    ]
+    readonly_fields = fields
+
+    def has_add_permission(self, request) -> bool:
+        return False
+
+    def has_change_permission(self, request, obj=None) -> bool:
+        return False
+
+    def has_delete_permission(self, request, obj=None) -> bool:
+        return False
+
+    @admin.display(description="Preview")
+    def preview(self, obj: models.Image) -> str:
+        return image_preview(obj)
+
+    @admin.display(description="Image")
+    def large_preview(self, obj: models.Image) -> str:
+        full = reverse("admin:annotation_image_file", args=[obj.sha256])
+        return format_html('<a href="{}">{}</a>', full, image_preview(obj, side=512))
+
+    @admin.display(description="Projects")
+    def in_projects(self, obj: models.Image) -> str:
+        names = obj.projects.select_related("project").values_list("project__name", flat=True)
+        return ", ".join(names[:20])
+
+    def get_urls(self):
+        return [
+            path(
+                "<str:sha256>/file/",
+                self.admin_site.admin_view(self.file_view),
+                name="annotation_image_file",
+            ),
+            *super().get_urls(),
+        ]
+
+    def file_view(self, request, sha256: str):
+        """The image or (?size=thumb) its thumbnail, to staff who may view images."""
+        if not self.has_view_permission(request):
+            raise PermissionDenied
+        image = get_object_or_404(models.Image, pk=sha256)
+        thumb = request.GET.get("size") == "thumb"
+        fmt = BY_NAME[image.format]
+        try:
+            stored = storages["default"].open(image.thumbnail if thumb else image.file, "rb")
+        except FileNotFoundError:
+            raise Http404("the image file is missing from storage") from None
+        response = FileResponse(stored, content_type=fmt.mime)
+        for header, value in IMAGE_HEADERS.items():
+            response[header] = value
+        return response

@@ -259,3 +259,104 @@ def bar_chart(
             f"<title>{escape(note)}</title></rect>"
         )
     return _close(parts)
+
+
+@dataclass(frozen=True)
+class Series:
+    """One series of a grouped bar chart: a value per group (None: no bar), in the groups' order,
+    and optionally a tooltip per group."""
+
+    label: str
+    values: Sequence[float | None]
+    notes: Sequence[str] = ()
+
+
+# Wider than FRAME: eight category names side by side still read at 10.5 px.
+GROUPED_FRAME = Frame(width=640)
+SERIES_STYLES = 6  # `.bar.series-0` … `.bar.series-5` in tandem.css; series past that reuse them
+LEGEND_LABEL_CHARS = 24
+
+
+def _shorten(label: str, limit: int = LEGEND_LABEL_CHARS) -> str:
+    return label if len(label) <= limit else label[: limit - 1] + "…"
+
+
+def grouped_bar_chart(
+    groups: Sequence[str],
+    series: Sequence[Series],
+    *,
+    title: str,
+    x_label: str,
+    y_label: str,
+    unit: str = "",
+    empty: str = "no data yet",
+    frame: Frame = GROUPED_FRAME,
+) -> SafeString:
+    """Bars side by side within each group, one per series, with a legend above the plot.
+
+    Each series has its own class (`bar series-k`) and a fill-opacity step, so series stay apart
+    whatever the stylesheet; the legend, every bar's tooltip and the <desc> name the series in
+    words, so colour is never the only carrier. `unit` follows values in the text ("%").
+    """
+    values = [v for s in series for v in s.values if v is not None]
+    if not groups or not series or not any(values):
+        return _empty(empty)
+    # The legend takes rows of up to four entries between the title and the plot.
+    per_row = 4
+    legend_rows = math.ceil(len(series) / per_row)
+    frame = Frame(
+        width=frame.width,
+        height=frame.height + 16 * legend_rows,
+        left=frame.left,
+        right=frame.right,
+        top=frame.top + 16 * legend_rows,
+        bottom=frame.bottom,
+    )
+    ticks = nice_ticks(max(values))
+    hi = ticks[-1]
+    summary = "; ".join(
+        f"{s.label}: "
+        + ", ".join(
+            f"{g} {_tick(round(v, 1))}{unit}"
+            for g, v in zip(groups, s.values, strict=False)
+            if v is not None
+        )
+        for s in series
+    )
+    parts = _frame_open(title, summary, frame)
+    slot = (frame.plot_right - frame.plot_left) / per_row
+    for k, s in enumerate(series):
+        x = frame.plot_left + (k % per_row) * slot
+        y = 30 + 16 * (k // per_row)
+        parts.append(
+            f'<g class="legend-entry"><rect class="bar series-{k % SERIES_STYLES}" '
+            f'fill-opacity="{_opacity(k, len(series))}" x="{_num(x)}" y="{_num(y - 9)}" '
+            f'width="10" height="10"/><text class="tick" x="{_num(x + 14)}" y="{_num(y)}">'
+            f"{escape(_shorten(s.label))}<title>{escape(s.label)}</title></text></g>"
+        )
+    parts += _axes(frame, ticks=ticks, lo=0.0, hi=hi, x_label=x_label, y_label=y_label)
+    parts += _x_ticks(frame, list(groups))
+    band = frame.band(len(groups))
+    width = band * 0.8 / len(series)
+    for i, group in enumerate(groups):
+        left = frame.x(i, len(groups)) - band * 0.4
+        for k, s in enumerate(series):
+            value = s.values[i] if i < len(s.values) else None
+            if value is None:
+                continue
+            top = frame.y(value, 0.0, hi)
+            note = (s.notes[i] if i < len(s.notes) else "") or (
+                f"{s.label} · {group}: {_tick(round(value, 1))}{unit}"
+            )
+            parts.append(
+                f'<rect class="bar series-{k % SERIES_STYLES}" '
+                f'fill-opacity="{_opacity(k, len(series))}" x="{_num(left + k * width)}" '
+                f'y="{_num(top)}" width="{_num(width * 0.92)}" '
+                f'height="{_num(frame.plot_bottom - top)}"><title>{escape(note)}</title></rect>'
+            )
+    return _close(parts)
+
+
+def _opacity(k: int, n: int) -> str:
+    """1.0 for the first series down to 0.4 for the last: apart even in one colour."""
+    return f"{1.0 - 0.6 * k / (n - 1):.2f}" if n > 1 else "1.00"

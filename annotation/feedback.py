@@ -1,19 +1,20 @@
-"""The schema of each feedback kind: what a judgement's payload must hold and what an import line must hold.
+"""What every judgement and import line shares, whatever its kind: the core columns of a judgement
+(rationale, time spent) and the rules that keep a value storable.
 
-One registry serves the API, the htmx pages and the importer, so a kind is either fully
-accepted everywhere or refused everywhere with the same message.
+Each kind's own payload lives in its module under `annotation/kinds/`; one set of rules here serves
+the API, the htmx pages and the importer, so the core fields are refused everywhere with the same
+words.
 """
 
 import re
-from dataclasses import dataclass
 from typing import Any
 
+from rest_framework import serializers
+
 from .errors import InvalidInput
-from .models import FeedbackKind
 
 MAX_RATIONALE_CHARS = 10_000
 MAX_TIME_SPENT_MS = 7 * 24 * 3600 * 1000  # a week: anything longer is a broken client clock
-STRENGTH_LABELS = {1: "slightly better", 2: "clearly better", 3: "much better"}
 # No body or import line Tandem accepts nests deeper than this (import metadata included); a
 # limit far below Python's recursion limit keeps every later walk over the value cheap and safe.
 MAX_JSON_DEPTH = 32
@@ -79,59 +80,8 @@ def find_unstorable(value: Any, *, max_depth: int = MAX_JSON_DEPTH) -> tuple[str
     return None
 
 
-@dataclass(frozen=True)
-class KindSchema:
-    kind: str
-    min_responses: int
-    max_responses: int
-
-    def validate_payload(self, data: dict[str, Any]) -> tuple[dict[str, Any], str]:
-        """Returns the cleaned payload and its comparable answer (used for agreement)."""
-        raise InvalidInput(f"feedback kind '{self.kind}' is not supported yet")
-
-
 def _field_error(field: str, message: str) -> InvalidInput:
     return InvalidInput(f"{field}: {message}", errors=[{"field": field, "message": message}])
-
-
-class PairwiseSchema(KindSchema):
-    CHOICES = ("A", "B", "tie", "both_bad")
-
-    def validate_payload(self, data: dict[str, Any]) -> tuple[dict[str, Any], str]:
-        choice = data.get("choice")
-        if choice not in self.CHOICES:
-            raise _field_error("choice", "must be one of A, B, tie, both_bad")
-        strength = data.get("strength")
-        if choice in ("A", "B"):
-            if (
-                isinstance(strength, bool)
-                or not isinstance(strength, int)
-                or not 1 <= strength <= 3
-            ):
-                raise _field_error(
-                    "strength", "must be 1 (slightly), 2 (clearly) or 3 (much better)"
-                )
-        else:
-            # A tie or two bad answers has no direction, so a strength would mean nothing.
-            strength = None
-        return {"choice": choice, "strength": strength}, choice
-
-
-SCHEMAS: dict[str, KindSchema] = {
-    FeedbackKind.PAIRWISE: PairwiseSchema(
-        kind=FeedbackKind.PAIRWISE, min_responses=2, max_responses=2
-    ),
-}
-
-
-def schema_for(kind: str) -> KindSchema:
-    try:
-        return SCHEMAS[kind]
-    except KeyError:
-        raise InvalidInput(
-            f"feedback kind '{kind}' is not available yet; available: {', '.join(sorted(SCHEMAS))}",
-            errors=[{"field": "kind", "message": "not available yet"}],
-        ) from None
 
 
 def clean_common(data: dict[str, Any]) -> tuple[str, int | None]:
@@ -154,3 +104,22 @@ def clean_common(data: dict[str, Any]) -> tuple[str, int | None]:
             "time_spent_ms", f"must be an integer from 0 to {MAX_TIME_SPENT_MS} (a week)"
         )
     return rationale.strip(), time_spent
+
+
+class JudgementCommonSerializer(serializers.Serializer):
+    """The core fields of every kind's REST judgement body, as the OpenAPI schema shows them.
+
+    Each kind's serializers (`Kind.judgement_serializers`) extend it; `clean_common` checks the
+    same fields again in the service, which the pages reach without a serializer.
+    """
+
+    rationale = serializers.CharField(
+        required=False,
+        allow_blank=True,
+        allow_null=True,
+        trim_whitespace=False,
+        max_length=MAX_RATIONALE_CHARS,
+    )
+    time_spent_ms = serializers.IntegerField(
+        required=False, allow_null=True, min_value=0, max_value=MAX_TIME_SPENT_MS
+    )

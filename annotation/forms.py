@@ -2,45 +2,28 @@
 the form's fields (see `add_service_errors`), so the pages and the API refuse the same things with
 the same words."""
 
-from dataclasses import dataclass, fields
+import re
+from dataclasses import fields
 from typing import Any
 
 from django import forms
 
 from .errors import TandemError
-from .feedback import MAX_RATIONALE_CHARS, SCHEMAS, STRENGTH_LABELS
+from .feedback import MAX_RATIONALE_CHARS
+from .kinds import registered
+from .kinds.base import Kind, SettingField
 from .loop import ALGORITHMS, QUEUES, SELECTIONS, LoopSettings
-from .models import FeedbackKind, Role
+from .models import Role
 
-
-@dataclass(frozen=True)
-class Option:
-    value: str
-    label: str
-    key: str
+# The first segment of an error's field path: "spans[2].start" -> "spans".
+_FIELD_HEAD = re.compile(r"[^.\[]+")
 
 
 class JudgementForm(forms.Form):
-    # The keyboard shortcut of each option is declared here once; the template writes it into a
-    # data-key attribute that tandem.js reads, and into the legend the annotator sees.
-    CHOICE_OPTIONS = (
-        Option("A", "A is better", "1"),
-        Option("B", "B is better", "2"),
-        Option("tie", "Tie", "3"),
-        Option("both_bad", "Both bad", "4"),
-    )
-    STRENGTH_OPTIONS = tuple(
-        Option(str(value), label, key)
-        for (value, label), key in zip(STRENGTH_LABELS.items(), "qwe", strict=True)
-    )
+    """The core fields of the annotate form; the kind's own fields are read by
+    `Kind.payload_from_form` and checked by the kind in the service, whose errors land in
+    `kind_errors` beside the kind's fields (`Kind.form_fields`), or at the top of the form."""
 
-    choice = forms.CharField(required=False)
-    strength = forms.TypedChoiceField(
-        choices=[(o.value, o.label) for o in STRENGTH_OPTIONS],
-        coerce=int,
-        required=False,
-        empty_value=None,
-    )
     rationale = forms.CharField(
         required=False,
         strip=False,
@@ -59,23 +42,29 @@ class JudgementForm(forms.Form):
     )
     idempotency_key = forms.CharField(max_length=128, widget=forms.HiddenInput)
 
+    def __init__(self, *args: Any, kind: Kind, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.kind = kind
+        self.kind_errors: dict[str, list[str]] = {}
+
     def payload(self) -> dict:
         data = self.cleaned_data
         return {
-            "choice": data["choice"],
-            "strength": data["strength"],
+            **self.kind.payload_from_form(self.data),
             "rationale": data["rationale"],
             "time_spent_ms": data["time_spent_ms"],
         }
 
+    def kind_field(self, field: str | None) -> str | None:
+        """The kind's page field an error of `field` belongs to, or None."""
+        head = _FIELD_HEAD.match(field or "")
+        return head.group() if head and head.group() in self.kind.form_fields else None
+
 
 class ProjectCreateForm(forms.Form):
     name = forms.CharField(max_length=200)
-    # Only kinds whose schema exists are offered: the others would be refused by the service.
-    kind = forms.ChoiceField(
-        choices=[(k.value, k.label) for k in FeedbackKind if k.value in SCHEMAS],
-        initial=FeedbackKind.PAIRWISE,
-    )
+    # Only registered kinds are offered: the others would be refused by the service.
+    kind = forms.ChoiceField(choices=(), initial="pairwise")
     overlap = forms.IntegerField(
         initial=1, help_text="Judgements wanted per task, from distinct annotators."
     )
@@ -88,12 +77,16 @@ class ProjectCreateForm(forms.Form):
         help_text="Markdown. Shown to annotators at any time while they work.",
     )
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.fields["kind"].choices = [(k.name, k.label) for k in registered()]
+
 
 class ImportForm(forms.Form):
     file = forms.FileField(
         label="JSONL file",
         help_text='One task a line: {"prompt": ..., "responses": [..., ...], "id"?: ...}',
-        widget=forms.ClearableFileInput(attrs={"accept": ".jsonl,.ndjson,.json,.txt"}),
+        widget=forms.ClearableFileInput(attrs={"accept": ".jsonl,.ndjson,.json,.txt,.zip"}),
     )
 
 
@@ -149,12 +142,93 @@ class LoopSettingsForm(forms.Form):
         return {name: getattr(settings, name) for name in cls.base_fields}
 
 
+class SettingListField(forms.CharField):
+    """A list setting typed in a textarea: one entry per line, or comma-separated."""
+
+    widget = forms.Textarea(attrs={"rows": 6})
+    # Far above any list a kind takes; a longer post is refused before it is split.
+    MAX_CHARS = 10_000
+
+    def prepare_value(self, value: Any) -> Any:
+        return "\n".join(value) if isinstance(value, (list, tuple)) else value
+
+    def to_python(self, value: Any) -> list[str]:
+        text = super().to_python(value)
+        if len(text) > self.MAX_CHARS:
+            raise forms.ValidationError(f"at most {self.MAX_CHARS} characters")
+        return [entry.strip() for entry in re.split(r"[,\n]", text) if entry.strip()]
+
+
+# A kind-settings error's field: "kind_settings.categories[2]" -> ("categories", "2").
+_SETTING_PATH = re.compile(r"kind_settings\.([^.\[]+)(?:\[(\d+)\])?")
+
+
+class KindSettingsForm(forms.Form):
+    """A kind's project settings as the project page edits them, built from
+    `Kind.settings_fields()`; the kind's `clean_settings` (in the service) checks the values.
+    With `read_only` every field is disabled: the page shows the values and takes no change."""
+
+    prefix = "settings"
+
+    def __init__(
+        self, *args: Any, kind: Kind, settings: dict, read_only: bool = False, **kwargs: Any
+    ) -> None:
+        super().__init__(*args, initial={}, **kwargs)
+        for setting in kind.settings_fields():
+            field = _setting_field(setting)
+            field.disabled = read_only
+            self.fields[setting.name] = field
+            self.initial[setting.name] = settings.get(setting.name)
+
+    def settings(self) -> dict[str, Any]:
+        return dict(self.cleaned_data)
+
+    def place(self, path: str | None) -> tuple[str, str] | None:
+        """(the form field, how to point at the entry) for a service error's field path, or None
+        when the error is not about one of the form's settings."""
+        found = _SETTING_PATH.fullmatch(path or "")
+        if not found or found.group(1) not in self.fields:
+            return None
+        name, index = found.groups()
+        if index is None:
+            return name, ""
+        entries = (getattr(self, "cleaned_data", None) or {}).get(name) or []
+        i = int(index)
+        shown = f" ({entries[i]!r})" if i < len(entries) else ""
+        return name, f"entry {i + 1}{shown}"
+
+
+def _setting_field(setting: SettingField) -> forms.Field:
+    common = {"label": setting.label, "help_text": setting.help, "required": False}
+    if setting.type == "list":
+        return SettingListField(**common)
+    if setting.type == "bool":
+        return forms.BooleanField(**common)
+    return forms.CharField(max_length=SettingListField.MAX_CHARS, **common)
+
+
 def add_service_errors(form: forms.Form, exc: TandemError) -> None:
     """Puts a service's field errors on the form's fields; anything else becomes a form error."""
     placed = False
     for error in exc.errors:
         field = error.get("field")
-        if field in form.fields:
+        if isinstance(form, JudgementForm) and (kind_field := form.kind_field(field)):
+            # Shown beside the kind's own field, worded in full as below.
+            message = (
+                exc.message.removeprefix(f"{field}: ")
+                if len(exc.errors) == 1
+                else error.get("message") or exc.message
+            )
+            if field != kind_field:
+                message = f"{field}: {message}"
+            form.kind_errors.setdefault(kind_field, []).append(message)
+            placed = True
+        elif isinstance(form, KindSettingsForm) and (placed_on := form.place(field)):
+            name, entry = placed_on
+            message = error.get("message") or exc.message
+            form.add_error(name, f"{entry}: {message}" if entry else message)
+            placed = True
+        elif field in form.fields:
             # A service that stops at its first error words it fully in its message ("overlap:
             # must be between 1 and 50") and only tersely in the list ("1..50").
             if len(exc.errors) == 1:

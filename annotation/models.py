@@ -124,7 +124,9 @@ class Prompt(models.Model):
     external_id = models.CharField(max_length=200, null=True, blank=True)  # noqa: DJ001
     metadata = models.JSONField(default=dict, blank=True)
     image = models.CharField(
-        max_length=500, blank=True, help_text="sha256:<hex> of the image shown with the prompt (multimodal kinds)."
+        max_length=500,
+        blank=True,
+        help_text="sha256:<hex> of the image shown with the prompt (multimodal kinds).",
     )
     context = models.JSONField(
         default=dict, blank=True, help_text="Factual context: captions, reference answer."

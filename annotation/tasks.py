@@ -1,13 +1,19 @@
-"""Celery bridge: take ids, call one service, record status. Nothing else lives here."""
+"""Celery bridge: take ids, call one service, record status. Nothing else lives here.
+
+Services are imported inside each task, and services enqueue work by name (`annotation.jobs`), so
+neither module imports the other at load time: there is no services ↔ tasks import cycle.
+"""
 
 from celery import shared_task
 
-from . import services
+from . import jobs
 
 
-@shared_task(name="annotation.tasks.run_import", acks_late=True)
+@shared_task(name=jobs.RUN_IMPORT, acks_late=True)
 def run_import(job_id: int) -> str:
-    return services.import_run(job_id=job_id).status
+    from .services.imports import import_run
+
+    return import_run(job_id=job_id).status
 
 
 @shared_task(name="annotation.tasks.import_sweep", ignore_result=True)
@@ -17,7 +23,7 @@ def import_sweep() -> list[int]:
     return sweep()
 
 
-@shared_task(name="annotation.tasks.run_round_stage", acks_late=True, reject_on_worker_lost=True)
+@shared_task(name=jobs.RUN_ROUND_STAGE, acks_late=True, reject_on_worker_lost=True)
 def run_round_stage(run_id: int) -> str:
     from .services.rounds import stage_run
 

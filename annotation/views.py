@@ -1,5 +1,7 @@
 """The htmx pages: each view parses, calls one service or selector, and renders a screen, or only
-the screen's named partial when htmx asked for it (`request.htmx`)."""
+the screen's named partial when htmx asked for it (`request.htmx`).
+
+The annotators' pages and the loop's live here; the managers' project page in `views_projects.py`."""
 
 import uuid
 from collections.abc import Callable
@@ -8,26 +10,18 @@ from functools import wraps
 from django.contrib.auth.views import redirect_to_login
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
-from django.views.decorators.http import require_GET, require_http_methods, require_POST
+from django.views.decorators.http import require_GET, require_POST
 from django_htmx.http import HttpResponseClientRedirect, trigger_client_event
 
 from . import selectors, services
 from .errors import Conflict, TandemError
-from .forms import (
-    ImportForm,
-    JudgementForm,
-    LoopSettingsForm,
-    MemberForm,
-    MemberRemoveForm,
-    ProjectCreateForm,
-    add_service_errors,
-)
-from .models import Assignment, ImportJob, Project
+from .forms import JudgementForm, LoopSettingsForm, add_service_errors
+from .kinds import kind_for
+from .models import Assignment, Project
 from .selectors import dashboard, pages
 from .services import rounds as round_services
 
 ANNOTATE_PAGE = "annotation/annotate.html"
-PROJECT_PAGE = "annotation/project.html"
 LOOP_PAGE = "annotation/loop.html"
 
 
@@ -48,7 +42,7 @@ def page(view: Callable[..., HttpResponse]) -> Callable[..., HttpResponse]:
         try:
             return view(request, *args, **kwargs)
         except TandemError as exc:
-            return _error(request, exc.message, status=exc.status)
+            return error_page(request, exc.message, status=exc.status)
 
     return wrapped
 
@@ -56,7 +50,7 @@ def page(view: Callable[..., HttpResponse]) -> Callable[..., HttpResponse]:
 _ERROR_TITLES = {403: "Not allowed", 404: "Not found"}
 
 
-def _error(request: HttpRequest, message: str, *, status: int) -> HttpResponse:
+def error_page(request: HttpRequest, message: str, *, status: int) -> HttpResponse:
     title = _ERROR_TITLES.get(status, "Something went wrong")
     return render(
         request, "annotation/error.html", {"title": title, "message": message}, status=status
@@ -95,16 +89,22 @@ def _render_task(
     """
     if assignment is None:
         assignment = services.assignment_current_or_lease(annotator=request.user, project=project)
+    kind = kind_for(assignment.task.kind if assignment else project.kind)
     context = {
         "project": project,
         "assignment": assignment,
-        "task": selectors.task_view(task=assignment.task) if assignment else None,
+        "task": selectors.task_view(task=assignment.task, project=project) if assignment else None,
+        # The kind's part of the page: its partial (kind.template), its keys and its settings.
+        "kind": kind,
+        "keys": kind.keys(),
+        "kind_settings": kind.settings_of(project.kind_settings),
         # A fresh idempotency key per rendered task; a re-render after an error keeps the posted
         # one, so retrying the same answer can never store it twice.
-        "form": form or JudgementForm(initial={"idempotency_key": uuid.uuid4().hex}),
+        "form": form or JudgementForm(initial={"idempotency_key": uuid.uuid4().hex}, kind=kind),
         "notice": notice,
         "my_count": selectors.annotator_judgement_count(project=project, annotator=request.user),
     }
+    context.update(kind.page_context(context["kind_settings"]))
     if not request.htmx:
         # Counting over the whole project stays off the per-task path (DESIGN.md, Hot paths):
         # the full page shows it, and the header refreshes it now and then.
@@ -134,7 +134,7 @@ def judgement_submit(request: HttpRequest, project_id: int, assignment_id: int) 
     project, assignment = pages.access_project_assignment(
         user=request.user, project_id=project_id, assignment_id=assignment_id
     )
-    form = JudgementForm(request.POST)
+    form = JudgementForm(request.POST, kind=kind_for(assignment.task.kind))
     if not form.is_valid():
         return _render_task(request, project, assignment=assignment, form=form, status=400)
     try:
@@ -187,184 +187,6 @@ def annotate_progress(request: HttpRequest, project_id: int) -> HttpResponse:
 def instructions(request: HttpRequest, project_id: int) -> HttpResponse:
     project, _ = selectors.access_project(user=request.user, project_id=project_id)
     return render(request, "annotation/instructions.html", {"project": project})
-
-
-# --- managers --------------------------------------------------------------------------------
-
-
-@require_http_methods(["GET", "POST"])
-@page
-def project_create(request: HttpRequest) -> HttpResponse:
-    if not pages.can_create_project(user=request.user):
-        return _error(
-            request, "Only staff and users allowed to add projects can create one.", status=403
-        )
-    form = ProjectCreateForm(request.POST or None)
-    if request.method == "POST" and form.is_valid():
-        try:
-            project = services.project_create(creator=request.user, **form.cleaned_data)
-        except TandemError as exc:
-            add_service_errors(form, exc)
-        else:
-            return redirect("annotation:project", project_id=project.pk)
-    status = 400 if form.errors else 200
-    return render(request, "annotation/project_new.html", {"form": form}, status=status)
-
-
-def _render_project(
-    request: HttpRequest,
-    project: Project,
-    *,
-    partial: str = "",
-    job: ImportJob | None = None,
-    import_form: ImportForm | None = None,
-    member_form: MemberForm | None = None,
-    member_message: str = "",
-    member_error: str = "",
-    status: int = 200,
-) -> HttpResponse:
-    context = {
-        "project": project,
-        "job": job,
-        "import_form": import_form or ImportForm(),
-        "member_form": member_form or MemberForm(),
-        "member_message": member_message,
-        "member_error": member_error,
-        "roles": MemberForm.base_fields["role"].choices,
-        "imports": selectors.imports_of(project=project)[:10],
-        "members": pages.members_of(project=project),
-        # The import response also refreshes the list of imports, out of band.
-        "oob": bool(request.htmx),
-    }
-    if not request.htmx:
-        context["progress"] = selectors.project_progress(project=project)
-        context["annotators"] = selectors.annotator_table(project=project)
-    template = f"{PROJECT_PAGE}#{partial}" if partial and request.htmx else PROJECT_PAGE
-    return render(request, template, context, status=status)
-
-
-@require_GET
-@page
-def project_detail(request: HttpRequest, project_id: int) -> HttpResponse:
-    project, _ = selectors.access_project(
-        user=request.user, project_id=project_id, roles=selectors.MANAGE
-    )
-    return _render_project(request, project)
-
-
-@require_POST
-@page
-def import_create(request: HttpRequest, project_id: int) -> HttpResponse:
-    project, _ = selectors.access_project(
-        user=request.user, project_id=project_id, roles=selectors.MANAGE
-    )
-    form = ImportForm(request.POST, request.FILES)
-    if not form.is_valid():
-        return _render_project(
-            request, project, partial="import-response", import_form=form, status=400
-        )
-    upload = form.cleaned_data["file"]
-    try:
-        job = services.import_create(
-            project=project,
-            user=request.user,
-            stream=upload,
-            size=upload.size,
-            filename=upload.name,
-        )
-    except TandemError as exc:
-        add_service_errors(form, exc)
-        return _render_project(
-            request, project, partial="import-response", import_form=form, status=exc.status
-        )
-    # A failed import is a finished job listing its bad lines; it is still the user's input at fault.
-    status = 400 if job.status == ImportJob.Status.FAILED else 200
-    return _render_project(request, project, partial="import-response", job=job, status=status)
-
-
-@require_GET
-@page
-def import_detail(request: HttpRequest, import_id: int) -> HttpResponse:
-    job = selectors.access_import(user=request.user, import_id=import_id)
-    return _render_project(request, job.project, partial="import-status", job=job)
-
-
-@require_POST
-@page
-def member_set(request: HttpRequest, project_id: int) -> HttpResponse:
-    project, _ = selectors.access_project(
-        user=request.user, project_id=project_id, roles=selectors.MANAGE
-    )
-    form = MemberForm(request.POST)
-    message = ""
-    status = 200
-    if form.is_valid():
-        data = form.cleaned_data
-        try:
-            membership = services.membership_set(
-                project=project,
-                username=data["username"],
-                role=data["role"],
-                create=not data["existing"],
-            )
-        except TandemError as exc:
-            add_service_errors(form, exc)
-            status = _inline_status(exc)
-        else:
-            message = f"{membership.user.username} is now {membership.get_role_display().lower()}."
-            form = MemberForm()
-    if form.errors and status == 200:
-        status = 400
-    return _members(request, project, member_form=form, member_message=message, status=status)
-
-
-@require_POST
-@page
-def member_remove(request: HttpRequest, project_id: int) -> HttpResponse:
-    project, _ = selectors.access_project(
-        user=request.user, project_id=project_id, roles=selectors.MANAGE
-    )
-    form = MemberRemoveForm(request.POST)
-    if not form.is_valid():
-        return _members(request, project, member_error="Say whom to remove.", status=400)
-    username = form.cleaned_data["username"]
-    try:
-        services.membership_remove(project=project, username=username)
-    except TandemError as exc:
-        # The last manager, someone already gone, an archived project: said in the members panel.
-        return _members(request, project, member_error=exc.message, status=_inline_status(exc))
-    return _members(request, project, member_message=f"{username} was removed from the project.")
-
-
-def _inline_status(exc: TandemError) -> int:
-    """A refused member change is shown in the panel: 409 when it conflicts (the last manager, an
-    archived project), 400 for anything else wrong in what was typed (an unknown user, someone who
-    is not a member); both are statuses htmx swaps into the panel."""
-    return 409 if isinstance(exc, Conflict) else 400
-
-
-def _members(
-    request: HttpRequest,
-    project: Project,
-    *,
-    member_form: MemberForm | None = None,
-    member_message: str = "",
-    member_error: str = "",
-    status: int = 200,
-) -> HttpResponse:
-    """The members panel after a change; a plain form post gets the page back (after a success,
-    through a redirect, so a reload cannot post it again)."""
-    if not request.htmx and status == 200:
-        return redirect("annotation:project", project_id=project.pk)
-    return _render_project(
-        request,
-        project,
-        partial="members",
-        member_form=member_form,
-        member_message=member_message,
-        member_error=member_error,
-        status=status,
-    )
 
 
 # --- the online loop ---------------------------------------------------------------------------

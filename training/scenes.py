@@ -7,9 +7,8 @@ what is true; `respond` writes an answer to one of its `questions` that makes a 
 true and false claims, and returns the text with the code-point span, category and truth of each
 claim; `claims_of` is the oracle that reads any text of this grammar back against the scene.
 
-The categories follow MMHal-Bench's (object, attribute, count, relation, comparison): the
-annotation page, the demo project and the multimodal loop share them, so a simulated annotator
-can mark exactly the spans a careful human would.
+Categories follow MMHal-Bench (object, attribute, count, relation, comparison), shared by the page,
+the demo and the loop, so a simulated annotator marks exactly the spans a careful human would.
 
 The grammar: a response is sentences joined by single spaces, each ending in ".". A sentence is
 a claim when it is one of these forms (anything else, such as "Sure — here is what I see 🔍.",

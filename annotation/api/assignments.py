@@ -12,13 +12,9 @@ from rest_framework.views import APIView
 
 from .. import selectors, services
 from ..errors import InvalidInput
-from ..feedback import MAX_RATIONALE_CHARS, MAX_TIME_SPENT_MS, STRENGTH_LABELS, PairwiseSchema
+from ..kinds import kind_for, registered
 from ..services.judgement import MAX_IDEMPOTENCY_KEY
-from .common import validator
 from .parsers import JSONParser
-
-DECISIVE = ("A", "B")
-EVEN = tuple(c for c in PairwiseSchema.CHOICES if c not in DECISIVE)
 
 
 class LeasedTaskSerializer(serializers.Serializer):
@@ -27,15 +23,38 @@ class LeasedTaskSerializer(serializers.Serializer):
             id = serializers.IntegerField()
             text = serializers.CharField()
 
+        class LeasedImageSerializer(serializers.Serializer):
+            url = serializers.CharField(help_text="Members only; add ?size=thumb for a thumbnail.")
+            width = serializers.IntegerField()
+            height = serializers.IntegerField()
+
         id = serializers.IntegerField()
         kind = serializers.CharField()
         round = serializers.IntegerField()
         prompt = serializers.ListField(child=serializers.DictField())
         responses = ResponseSerializer(many=True)
+        # The kind's extras (Kind.task_extras), present only for kinds that show them.
+        image = LeasedImageSerializer(required=False, help_text="The image shown with the prompt.")
+        context = serializers.DictField(
+            required=False, help_text="Factual context (captions, reference), where shown."
+        )
 
     id = serializers.IntegerField()
     expires_at = serializers.DateTimeField()
     task = TaskSerializer()
+
+
+def _task_body(view: selectors.TaskView) -> dict:
+    # Absent keys are left out of the output (the fields are not required), so a pairwise task
+    # carries neither image nor context.
+    return {
+        "id": view.id,
+        "kind": view.kind,
+        "round": view.round,
+        "prompt": view.prompt,
+        "responses": view.responses,
+        **view.extras,
+    }
 
 
 class AssignmentCreateApi(APIView):
@@ -56,59 +75,16 @@ class AssignmentCreateApi(APIView):
         assignment, created = services.assignment_acquire(annotator=request.user, project=project)
         if assignment is None:
             return Response(status=status.HTTP_204_NO_CONTENT)
-        view = selectors.task_view(task=assignment.task)
-        body = {"id": assignment.pk, "expires_at": assignment.expires_at, "task": view}
+        view = selectors.task_view(task=assignment.task, project=project)
+        body = {"id": assignment.pk, "expires_at": assignment.expires_at, "task": _task_body(view)}
         code = status.HTTP_201_CREATED if created else status.HTTP_200_OK
         return Response(LeasedTaskSerializer(body).data, status=code)
 
 
-class _JudgementCommonSerializer(serializers.Serializer):
-    rationale = serializers.CharField(
-        required=False,
-        allow_blank=True,
-        allow_null=True,
-        trim_whitespace=False,
-        max_length=MAX_RATIONALE_CHARS,
-    )
-    time_spent_ms = serializers.IntegerField(
-        required=False, allow_null=True, min_value=0, max_value=MAX_TIME_SPENT_MS
-    )
-
-
-class DecisiveJudgementSerializer(_JudgementCommonSerializer):
-    """One response is better than the other, by how much."""
-
-    choice = serializers.ChoiceField(choices=DECISIVE, help_text="The better response.")
-    strength = serializers.IntegerField(
-        min_value=1,
-        max_value=3,
-        help_text=", ".join(f"{k} = {v}" for k, v in STRENGTH_LABELS.items()) + ".",
-    )
-
-
-class EvenJudgementSerializer(_JudgementCommonSerializer):
-    """Neither response is better: a tie, or both bad. There is no direction to weigh."""
-
-    choice = serializers.ChoiceField(choices=EVEN)
-    strength = serializers.IntegerField(
-        required=False, allow_null=True, min_value=1, max_value=3, help_text="Ignored."
-    )
-
-
-# The kind's schema checks the payload again in the service (the pages have no serializer);
-# these serializers are what the OpenAPI schema shows, and they refuse the same bodies.
-_validate_decisive = validator(DecisiveJudgementSerializer)
-_validate_even = validator(EvenJudgementSerializer)
-
-
-def _judgement_input(data) -> dict:
-    choice = data.get("choice")
-    if choice in DECISIVE:
-        return _validate_decisive(data)
-    if choice in EVEN:
-        return _validate_even(data)
-    message = f"must be one of {', '.join(DECISIVE + EVEN)}"
-    raise InvalidInput(f"choice: {message}", errors=[{"field": "choice", "message": message}])
+def _judgement_serializers() -> list:
+    # Every registered kind's bodies, read when the schema is built (the registry is complete by
+    # then): a new kind documents its body without touching this file.
+    return [serializer for kind in registered() for serializer in kind.judgement_serializers()]
 
 
 class JudgementApi(APIView):
@@ -130,7 +106,7 @@ class JudgementApi(APIView):
     @extend_schema(
         request=PolymorphicProxySerializer(
             component_name="JudgementInput",
-            serializers=[DecisiveJudgementSerializer, EvenJudgementSerializer],
+            serializers=_judgement_serializers,
             resource_type_field_name=None,
         ),
         parameters=[
@@ -151,7 +127,7 @@ class JudgementApi(APIView):
             raise InvalidInput("the body must be a JSON object")
         judgement, created = services.judgement_submit(
             assignment=assignment,
-            data=dict(_judgement_input(request.data)),
+            data=dict(kind_for(assignment.task.kind).judgement_input(request.data)),
             idempotency_key=request.headers.get("Idempotency-Key", ""),
         )
         code = status.HTTP_201_CREATED if created else status.HTTP_200_OK

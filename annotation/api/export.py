@@ -6,13 +6,26 @@ from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_sche
 from rest_framework.views import APIView
 
 from .. import selectors
-from ..selectors.export import SHAPES, export_judgements
+from ..kinds import registered
+from ..selectors.export import RAW, export_judgements, shapes_of
+
+
+def _all_shapes() -> list[str]:
+    # Every shape some kind offers; a project accepts the raw shape and its own kind's (a 400
+    # names them).
+    return sorted({RAW.name, *(name for kind in registered() for name in kind.export_shapes)})
 
 
 class ExportApi(APIView):
     @extend_schema(
         parameters=[
-            OpenApiParameter("shape", str, enum=list(SHAPES), default="pairs"),
+            OpenApiParameter(
+                "shape",
+                str,
+                enum=_all_shapes(),
+                default="pairs",
+                description="raw, or a shape of the project's kind (pairwise: pairs, the default).",
+            ),
             OpenApiParameter(
                 "since",
                 str,
@@ -45,7 +58,8 @@ class ExportApi(APIView):
         project, _ = selectors.access_project(
             user=request.user, project_id=project_id, roles=selectors.EXPORT
         )
-        shape = request.query_params.get("shape", "pairs")
+        # The default is the kind's first shape (pairwise: pairs), else raw.
+        shape = request.query_params.get("shape") or next(iter(shapes_of(project=project)))
         export = export_judgements(
             project=project, shape=shape, since=request.query_params.get("since")
         )

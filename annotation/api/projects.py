@@ -7,8 +7,11 @@ from rest_framework.views import APIView
 
 from .. import selectors, services
 from ..errors import Forbidden
-from ..models import FeedbackKind, Project, Role
+from ..kinds import registered
+from ..models import Project, Role
 from .common import valid
+from .loop import ErrorSerializer
+from .parsers import JSONParser
 
 
 class ProjectOutputSerializer(serializers.ModelSerializer):
@@ -23,6 +26,7 @@ class ProjectOutputSerializer(serializers.ModelSerializer):
             "overlap",
             "lease_seconds",
             "instructions",
+            "kind_settings",
             "created_at",
             "role",
         ]
@@ -31,10 +35,24 @@ class ProjectOutputSerializer(serializers.ModelSerializer):
 class ProjectListCreateApi(APIView):
     class InputSerializer(serializers.Serializer):
         name = serializers.CharField(max_length=200)
-        kind = serializers.ChoiceField(choices=FeedbackKind.choices, default=FeedbackKind.PAIRWISE)
+        # Only the registered kinds: a kind without a module cannot be annotated.
+        kind = serializers.ChoiceField(
+            choices=[(k.name, k.label) for k in registered()],
+            default="pairwise",
+            error_messages={
+                "invalid_choice": "feedback kind '{input}' is not available yet; available: "
+                + ", ".join(k.name for k in registered())
+            },
+        )
         overlap = serializers.IntegerField(default=1)
         lease_seconds = serializers.IntegerField(default=600)
         instructions = serializers.CharField(default="", allow_blank=True)
+        kind_settings = serializers.DictField(
+            required=False,
+            allow_null=True,
+            help_text="Settings of the kind (e.g. a hallucination project's span categories); "
+            "defaults when left out.",
+        )
 
     @extend_schema(responses={200: ProjectOutputSerializer(many=True)})
     def get(self, request):
@@ -56,34 +74,81 @@ class ProjectListCreateApi(APIView):
         return Response(ProjectOutputSerializer(project).data, status=status.HTTP_201_CREATED)
 
 
+ProjectDetailSerializer = inline_serializer(
+    "ProjectDetail",
+    {
+        "project": ProjectOutputSerializer(),
+        "progress": inline_serializer(
+            "ProjectProgress",
+            {
+                "tasks": serializers.IntegerField(),
+                "complete": serializers.IntegerField(),
+                "judgements_wanted": serializers.IntegerField(),
+                "judgements": serializers.IntegerField(),
+                "live_leases": serializers.IntegerField(),
+            },
+        ),
+    },
+)
+
+
 class ProjectDetailApi(APIView):
-    @extend_schema(
-        responses={
-            200: inline_serializer(
-                "ProjectDetail",
-                {
-                    "project": ProjectOutputSerializer(),
-                    "progress": inline_serializer(
-                        "ProjectProgress",
-                        {
-                            "tasks": serializers.IntegerField(),
-                            "complete": serializers.IntegerField(),
-                            "judgements_wanted": serializers.IntegerField(),
-                            "judgements": serializers.IntegerField(),
-                            "live_leases": serializers.IntegerField(),
-                        },
-                    ),
-                },
-            )
-        }
-    )
+    # Settings are typed JSON (lists, booleans): a form-encoded body could only carry strings.
+    parser_classes = [JSONParser]
+
+    class InputSerializer(serializers.Serializer):
+        kind_settings = serializers.DictField(
+            required=False,
+            help_text="The kind's settings to change (e.g. a hallucination project's "
+            "categories, show_context); those left out keep their values. Stored judgements "
+            "are not touched: spans keep the category names they were given, and exports "
+            "carry them as they are.",
+        )
+
+        def validate(self, attrs):
+            # A field this operation does not change is refused, not silently ignored.
+            unknown = sorted(set(self.initial_data) - set(self.fields))
+            if unknown:
+                raise serializers.ValidationError(
+                    {
+                        name: "cannot be changed here; this operation takes kind_settings only"
+                        for name in unknown
+                    }
+                )
+            return attrs
+
+    @extend_schema(responses={200: ProjectDetailSerializer})
     def get(self, request, project_id: int):
         project, role = selectors.access_project(user=request.user, project_id=project_id)
+        return Response(self._detail(project, role))
+
+    @extend_schema(
+        request=InputSerializer,
+        responses={
+            200: ProjectDetailSerializer,
+            400: OpenApiResponse(
+                ErrorSerializer, description="a setting is refused (named); nothing saved"
+            ),
+            403: OpenApiResponse(ErrorSerializer, description="only managers change settings"),
+            404: OpenApiResponse(ErrorSerializer, description="no such project in your projects"),
+            409: OpenApiResponse(ErrorSerializer, description="the project is archived"),
+        },
+    )
+    def patch(self, request, project_id: int):
+        project, role = selectors.access_project(
+            user=request.user, project_id=project_id, roles=selectors.MANAGE
+        )
+        data = valid(self.InputSerializer, request.data)
+        project = services.project_kind_settings_set(
+            project=project, kind_settings=data.get("kind_settings", {})
+        )
+        return Response(self._detail(project, role))
+
+    @staticmethod
+    def _detail(project: Project, role: str) -> dict:
         project.role = role
         progress = selectors.project_progress(project=project)
-        return Response(
-            {"project": ProjectOutputSerializer(project).data, "progress": progress.__dict__}
-        )
+        return {"project": ProjectOutputSerializer(project).data, "progress": progress.__dict__}
 
 
 class MemberSerializer(serializers.Serializer):

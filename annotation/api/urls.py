@@ -1,6 +1,6 @@
 from django.urls import path
 
-from . import assignments, auth, export, imports, loop, projects
+from . import assignments, auth, export, images, imports, loop, projects
 
 urlpatterns = [
     path("auth/token", auth.TokenObtainApi.as_view(), name="token"),
@@ -26,6 +26,17 @@ urlpatterns = [
         name="assignments",
     ),
     path("projects/<int:project_id>/export", export.ExportApi.as_view(), name="export"),
+    path(
+        "projects/<int:project_id>/export/images",
+        images.ExportImagesApi.as_view(),
+        name="export-images",
+    ),
+    path("projects/<int:project_id>/images", images.ImageUploadApi.as_view(), name="images"),
+    path(
+        "projects/<int:project_id>/images/<str:image_id>",
+        images.ImageApi.as_view(),
+        name="image",
+    ),
     path("imports/<int:import_id>", imports.ImportDetailApi.as_view(), name="import"),
     path(
         "assignments/<int:assignment_id>/judgement",

@@ -4,7 +4,7 @@ Visibility is decided here and only here. A user outside a project gets NotFound
 objects (never a 403 that would confirm they exist).
 """
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from django.contrib.auth.models import AbstractUser
@@ -12,9 +12,11 @@ from django.db.models import Avg, Count, OuterRef, Q, QuerySet, Subquery, Sum
 from django.utils import timezone
 
 from ..errors import Forbidden, NotFound
+from ..kinds import kind_for
 from ..models import (
     ApiToken,
     Assignment,
+    Image,
     ImportJob,
     Judgement,
     Membership,
@@ -118,27 +120,52 @@ class TaskView:
     round: int
     prompt: list[dict[str, str]]
     responses: list[ShownResponse]
+    # What the kind shows beyond prompt and responses (Kind.task_extras), e.g. its image.
+    extras: dict[str, Any] = field(default_factory=dict)
 
 
-def task_view(*, task: Task) -> TaskView:
+IMAGE_REF_PREFIX = "sha256:"
+
+
+def prompt_image(ref: str) -> dict[str, Any] | None:
+    """The stored image a prompt names ("sha256:<hex>"), as {"sha256", "format", "width",
+    "height"}; None for a prompt without one. One primary-key query, only when there is one."""
+    if not ref:
+        return None
+    sha256 = ref.removeprefix(IMAGE_REF_PREFIX)
+    row = Image.objects.filter(pk=sha256).values("sha256", "format", "width", "height").first()
+    return row
+
+
+def task_view(*, task: Task, project: Project | None = None) -> TaskView:
     """A task as the annotator sees it: the conversation and its responses labelled A, B, ...
 
-    Pass the task with its prompt loaded (the lease query loads it) to spare a query.
+    Pass the task with its prompt loaded (the lease query loads it) and its project to spare
+    queries; the kind's extras cost a query only when the prompt has an image.
     """
+    project = project or task.project
+    kind = kind_for(task.kind)
     slots = (
         TaskResponse.objects.filter(task_id=task.pk)
         .order_by("position")
         .values_list("response_id", "response__text", "position")
     )
+    prompt = task.prompt
     return TaskView(
         id=task.pk,
         kind=task.kind,
         round=task.round,
-        prompt=task.prompt.messages,
+        prompt=prompt.messages,
         responses=[
             ShownResponse(id=rid, text=text, label=chr(ord("A") + position))
             for rid, text, position in slots
         ],
+        extras=kind.task_extras(
+            project_id=project.pk,
+            image=prompt_image(prompt.image),
+            context=prompt.context or {},
+            settings=kind.settings_of(project.kind_settings),
+        ),
     )
 
 

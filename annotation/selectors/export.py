@@ -27,9 +27,10 @@ from django.db.models import Q
 from django.db.models.expressions import RawSQL
 
 from ..errors import InvalidInput
-from ..models import Judgement, Project, TaskResponse
+from ..kinds import kind_for
+from ..kinds.base import ExportRecord, ExportShape
+from ..models import Image, Judgement, Project, TaskResponse
 
-SHAPES = ("pairs", "raw")
 _CURSOR_PREFIX = "c1"
 
 
@@ -140,6 +141,9 @@ _FIELDS = (
     "task__judgement_count",
     "task__prompt__messages",
     "task__prompt__external_id",
+    "task__prompt__image",
+    "task__prompt__context",
+    "task__prompt__metadata",
 )
 
 
@@ -160,17 +164,19 @@ def export_judgements(
     `until` (a cursor an earlier export returned) stops the export there, so the rows are exactly
     those between two earlier exports; the returned cursor is then at most `until`.
 
-    shape "pairs": one {prompt, chosen, rejected, margin, ...} row per decisive pairwise judgement
-    (ties and both-bad are left out, as DPO cannot use them); "raw": every judgement with its
-    payload and the responses it was given. `prompt_split` keeps only judgements on prompts of that
-    split (the loop trains on "train" prompts only, so its held-out evaluation stays held out).
-    Preconditions: the caller may export this project.
+    `shape` is "raw" (every judgement with its payload and the responses it was given) or one of
+    the export shapes of the project's kind (pairwise: "pairs", one {prompt, chosen, rejected,
+    margin, ...} row per decisive judgement); `shapes_of` lists them. `prompt_split` keeps only
+    judgements on prompts of that split (the loop trains on "train" prompts only, so its held-out
+    evaluation stays held out). Preconditions: the caller may export this project.
     """
-    if shape not in SHAPES:
+    available = shapes_of(project=project)
+    if shape not in available:
         raise InvalidInput(
-            f"shape: must be one of {', '.join(SHAPES)}",
+            f"shape: must be one of {', '.join(available)} (the shapes of a {project.kind} project)",
             errors=[{"field": "shape", "message": "unknown"}],
         )
+    export_shape = available[shape]
     start = Position.decode(since)
     settled = _settled(project, prompt_split).filter(start.after())
     if until:
@@ -180,7 +186,7 @@ def export_judgements(
         return Export(since=start.encode(), cursor=start.encode(), blocks=iter(()))
     end = Position(*last)
     chunk = chunk or settings.TANDEM_EXPORT_CHUNK
-    if connection.vendor == "postgresql":
+    if connection.vendor == "postgresql" and export_shape.sql is not None:
         blocks = _sql_blocks(project, shape, start, end, chunk, prompt_split)
     else:
         blocks = _python_blocks(project, shape, start, end, chunk, prompt_split)
@@ -198,34 +204,8 @@ _PAGE_SQL = """  AND (j.commit_seq, j.id) > (%(seq)s, %(id)s) AND (j.commit_seq,
 ORDER BY j.commit_seq, j.id
 LIMIT %(limit)s
 """
-# Pairs are the hot export, so their lines are concatenated text rather than json_build_object (a
-# quarter faster in the database): every part is non-null, texts go through to_json for escaping,
-# and numbers are plain ints, a 1..3 strength and a rounded numeric.
-_PAIR_SQL = f"""
-SELECT j.commit_seq, j.id,
-    '{{"prompt":' || p.messages::text
-    || ',"chosen":[{{"role":"assistant","content":'
-    || to_json(CASE WHEN j.answer = 'A' THEN ra.text ELSE rb.text END)::text
-    || '}}],"rejected":[{{"role":"assistant","content":'
-    || to_json(CASE WHEN j.answer = 'A' THEN rb.text ELSE ra.text END)::text
-    || '}}],"margin":' || COALESCE((j.payload ->> 'strength')::float8, 1.0)::text
-    || ',"task_id":' || j.task_id::text
-    || ',"judgement_ids":[' || j.id::text
-    || '],"annotator":"' || {_ANNOTATOR_SQL}
-    || '","agreement":'
-    || round(COALESCE((t.answer_counts ->> j.answer)::numeric, 0) / GREATEST(t.judgement_count, 1), 4)::text
-    || ',"round":' || t.round::text
-    || ',"cursor":"' || {_CURSOR_SQL} || '"}}'
-FROM annotation_judgement j
-JOIN annotation_task t ON t.id = j.task_id
-JOIN annotation_prompt p ON p.id = t.prompt_id
-JOIN annotation_taskresponse sa ON sa.task_id = j.task_id AND sa.position = 0
-JOIN annotation_response ra ON ra.id = sa.response_id
-JOIN annotation_taskresponse sb ON sb.task_id = j.task_id AND sb.position = 1
-JOIN annotation_response rb ON rb.id = sb.response_id
-WHERE j.project_id = %(project)s AND j.answer IN ('A', 'B')
-{_PAGE_SQL}"""
-_RAW_SQL = f"""
+# The core's shape, which serves every kind; it fits the same frame as a kind's shape SQL.
+_RAW_SQL = """
 SELECT j.commit_seq, j.id, json_build_object(
     'judgement_id', j.id,
     'task_id', j.task_id,
@@ -238,18 +218,18 @@ SELECT j.commit_seq, j.id, json_build_object(
                   WHERE s.task_id = j.task_id),
     'payload', j.payload,
     'rationale', j.rationale,
-    'annotator', {_ANNOTATOR_SQL},
+    'annotator', {annotator},
     'time_spent_ms', j.time_spent_ms,
     'late', j.late,
     'round', t.round,
     'created_at', to_char(j.created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"+00:00"'),
-    'cursor', {_CURSOR_SQL}
+    'cursor', {cursor}
 )::text
 FROM annotation_judgement j
 JOIN annotation_task t ON t.id = j.task_id
 JOIN annotation_prompt p ON p.id = t.prompt_id
 WHERE j.project_id = %(project)s
-{_PAGE_SQL}"""
+{page}"""
 # The first page is small so the first byte leaves quickly; later pages are large for throughput.
 _FIRST_PAGE = 200
 _BLOCK = 1000
@@ -263,9 +243,10 @@ def _sql_blocks(
     chunk: int,
     prompt_split: str | None,
 ) -> Iterator[str]:
-    sql = _PAIR_SQL if shape == "pairs" else _RAW_SQL
+    sql = _frame(shapes_of(project=project)[shape].sql or "")
     params = {
         "project": project.pk,
+        "kind": project.kind,
         "salt": _pseudonym_salt(project.pk),
         "end_seq": end.commit_seq,
         "end_id": end.id,
@@ -314,30 +295,63 @@ def _batches(
     chunk: int,
     prompt_split: str | None,
 ) -> Iterator[list[dict[str, Any]]]:
+    row_of = shapes_of(project=project)[shape].row
     base = _of(project, prompt_split).filter(end.up_to()).order_by("commit_seq", "id")
+    if shape != RAW.name:
+        # A kind's shape reads its own kind's judgements only, as its SQL does (`j.kind`).
+        base = base.filter(kind=project.kind)
     position = start
     pseudonyms: dict[int, str] = {}
     while True:
         batch = list(base.filter(position.after()).values_list(*_FIELDS)[:chunk])
         if not batch:
             return
-        task_ids = {row[2] for row in batch}
-        responses = _responses_of(task_ids)
+        fields = [dict(zip(_FIELDS, row, strict=True)) for row in batch]
+        responses = _responses_of({f["task_id"] for f in fields})
+        images = _images_of({f["task__prompt__image"] for f in fields if f["task__prompt__image"]})
         out = []
-        for row in batch:
-            record = dict(zip(_FIELDS, row, strict=True))
-            annotator = pseudonyms.get(record["annotator_id"])
+        for f in fields:
+            annotator = pseudonyms.get(f["annotator_id"])
             if annotator is None:
-                annotator = pseudonyms[record["annotator_id"]] = annotator_pseudonym(
-                    project_id=project.pk, user_id=record["annotator_id"]
+                annotator = pseudonyms[f["annotator_id"]] = annotator_pseudonym(
+                    project_id=project.pk, user_id=f["annotator_id"]
                 )
-            shown = responses.get(record["task_id"], [])
-            if shape == "raw":
-                out.append(_raw_row(record, shown, annotator))
-            elif (pair := _pair_row(record, shown, annotator)) is not None:
-                out.append(pair)
+            row = row_of(_record(f, responses.get(f["task_id"], []), annotator, images))
+            if row is not None:
+                out.append(row)
         yield out
         position = Position(batch[-1][1], batch[-1][0])
+
+
+def _record(
+    f: dict[str, Any],
+    shown: list[dict[str, Any]],
+    annotator: str,
+    images: dict[str, dict[str, str]],
+) -> ExportRecord:
+    # Share of the task's judgements that gave this answer, from the counts submit keeps on the task.
+    agreement = f["task__answer_counts"].get(f["answer"], 0) / max(f["task__judgement_count"], 1)
+    return ExportRecord(
+        judgement_id=f["id"],
+        task_id=f["task_id"],
+        cursor=Position(f["commit_seq"], f["id"]).encode(),
+        kind=f["kind"],
+        payload=f["payload"],
+        answer=f["answer"],
+        rationale=f["rationale"],
+        annotator=annotator,
+        agreement=round(agreement, 4),
+        round=f["task__round"],
+        prompt=f["task__prompt__messages"],
+        responses=shown,
+        external_id=f["task__prompt__external_id"],
+        image=images.get(f["task__prompt__image"]),
+        context=f["task__prompt__context"] or {},
+        metadata=f["task__prompt__metadata"] or {},
+        time_spent_ms=f["time_spent_ms"],
+        late=f["late"],
+        created_at=f["created_at"].astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f+00:00"),
+    )
 
 
 def _responses_of(task_ids: set[int]) -> dict[int, list[dict[str, Any]]]:
@@ -352,45 +366,52 @@ def _responses_of(task_ids: set[int]) -> dict[int, list[dict[str, Any]]]:
     return shown
 
 
-def _pair_row(
-    record: dict[str, Any], shown: list[dict[str, Any]], annotator: str
-) -> dict[str, Any] | None:
-    choice = record["payload"].get("choice")
-    if choice not in ("A", "B") or len(shown) != 2:
-        return None
-    chosen, rejected = (shown[0], shown[1]) if choice == "A" else (shown[1], shown[0])
-    # Share of the task's judgements that gave this answer, from the counts submit keeps on the task.
-    agreement = record["task__answer_counts"].get(record["answer"], 0) / max(
-        record["task__judgement_count"], 1
+def _images_of(refs: set[str]) -> dict[str, dict[str, str]]:
+    """{"sha256:<hex>": {"sha256", "format"}} of the batch's prompt images, in one query."""
+    if not refs:
+        return {}
+    rows = Image.objects.filter(pk__in=[ref.removeprefix("sha256:") for ref in refs]).values_list(
+        "sha256", "format"
     )
+    return {f"sha256:{sha}": {"sha256": sha, "format": fmt} for sha, fmt in rows}
+
+
+def _raw_row(record: ExportRecord) -> dict[str, Any]:
     return {
-        "prompt": record["task__prompt__messages"],
-        "chosen": [{"role": "assistant", "content": chosen["text"]}],
-        "rejected": [{"role": "assistant", "content": rejected["text"]}],
-        "margin": float(record["payload"].get("strength") or 1),
-        "task_id": record["task_id"],
-        "judgement_ids": [record["id"]],
-        "annotator": annotator,
-        "agreement": round(agreement, 4),
-        "round": record["task__round"],
-        "cursor": Position(record["commit_seq"], record["id"]).encode(),
+        "judgement_id": record.judgement_id,
+        "task_id": record.task_id,
+        "external_id": record.external_id,
+        "kind": record.kind,
+        "prompt": record.prompt,
+        "responses": record.responses,
+        "payload": record.payload,
+        "rationale": record.rationale,
+        "annotator": record.annotator,
+        "time_spent_ms": record.time_spent_ms,
+        "late": record.late,
+        "round": record.round,
+        "created_at": record.created_at,
+        "cursor": record.cursor,
     }
 
 
-def _raw_row(record: dict[str, Any], shown: list[dict[str, Any]], annotator: str) -> dict[str, Any]:
-    return {
-        "judgement_id": record["id"],
-        "task_id": record["task_id"],
-        "external_id": record["task__prompt__external_id"],
-        "kind": record["kind"],
-        "prompt": record["task__prompt__messages"],
-        "responses": shown,
-        "payload": record["payload"],
-        "rationale": record["rationale"],
-        "annotator": annotator,
-        "time_spent_ms": record["time_spent_ms"],
-        "late": record["late"],
-        "round": record["task__round"],
-        "created_at": record["created_at"].astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f+00:00"),
-        "cursor": Position(record["commit_seq"], record["id"]).encode(),
-    }
+RAW = ExportShape(
+    name="raw",
+    description="every judgement with its payload and the responses it was given",
+    row=_raw_row,
+    sql=_RAW_SQL,
+)
+
+
+def shapes_of(*, project: Project) -> dict[str, ExportShape]:
+    """The export shapes of the project: its kind's, then the core's "raw"."""
+    return {**kind_for(project.kind).export_shapes, RAW.name: RAW}
+
+
+def _frame(sql: str) -> str:
+    """A shape's SQL with the core's parts in place (str.replace: JSON braces need no doubling)."""
+    return (
+        sql.replace("{page}", _PAGE_SQL)
+        .replace("{annotator}", _ANNOTATOR_SQL)
+        .replace("{cursor}", _CURSOR_SQL)
+    )

@@ -7,7 +7,8 @@ shows, in a fixed number of queries whatever the size of the project.
 from dataclasses import dataclass
 
 from django.contrib.auth.models import AbstractUser
-from django.db.models import Count, QuerySet, Sum
+from django.db.models import Count, F, Q, QuerySet, Sum
+from django.db.models.fields.json import KeyTextTransform
 
 from ..errors import NotFound
 from ..models import Assignment, Judgement, Membership, Project, Task
@@ -100,3 +101,33 @@ def access_project_assignment(
     if assignment.project_id != project_id:
         raise NotFound("assignment not found")
     return assignment.project, assignment
+
+
+@dataclass(frozen=True)
+class OriginalAgreement:
+    """How often annotators chose what an imported preference dataset (HH-RLHF, TRL) preferred."""
+
+    tasks: int  # tasks whose prompt carries the dataset's preference
+    judgements: int  # decisive judgements (A or B) on them
+    agreeing: int
+
+    @property
+    def percent(self) -> float:
+        return 100.0 * self.agreeing / self.judgements if self.judgements else 0.0
+
+
+def original_preference_agreement(*, project: Project) -> OriginalAgreement | None:
+    """Share of decisive judgements whose answer is the position the dataset preferred
+    (`metadata["original_preference"]`, set at import); None when no task carries one."""
+    tasks = Task.objects.filter(
+        project=project, prompt__metadata__original_preference__in=["A", "B"]
+    ).count()
+    if not tasks:
+        return None
+    counts = (
+        Judgement.objects.filter(project=project, answer__in=["A", "B"])
+        .annotate(original=KeyTextTransform("original_preference", "task__prompt__metadata"))
+        .filter(original__in=["A", "B"])
+        .aggregate(judgements=Count("id"), agreeing=Count("id", filter=Q(answer=F("original"))))
+    )
+    return OriginalAgreement(tasks=tasks, **counts)

@@ -14,6 +14,7 @@ from ..errors import NotFound
 from ..loop import project_artifact_root
 from ..models import Judgement, ModelVersion, Project, Round, TaskResponse, TrainingRun
 from . import EXPORT, access_project, project_visible_to
+from .round_data import loop_hooks
 
 Z_95 = 1.959963984540054
 
@@ -44,26 +45,32 @@ class WinRate:
 
 
 def human_win_rates(*, project: Project) -> dict[int, WinRate]:
-    """Per round: how often humans preferred π_r's answer over π_{r-1}'s in the blind evaluation tasks."""
+    """Per round: how often humans preferred π_r's answer over π_{r-1}'s in the blind evaluation tasks.
+
+    How one judgement counts (a win, a loss, half of each) is the project kind's loop hook.
+    """
+    hooks = loop_hooks(project.kind)
+    if hooks is None:
+        return {}  # the loop never served this project: it has no evaluation tasks
     policy_of_round = dict(
         ModelVersion.objects.filter(project=project, kind=ModelVersion.Kind.POLICY).values_list(
             "round", "id"
         )
     )
-    new_side: dict[int, str] = {}
+    new_position: dict[int, int] = {}
     slots = TaskResponse.objects.filter(
         task__project=project, task__purpose="evaluation"
     ).values_list("task_id", "task__round", "position", "response__model_version_id")
     for task_id, round_number, position, version_id in slots:
         if version_id is not None and version_id == policy_of_round.get(round_number):
-            new_side[task_id] = "AB"[position]
+            new_position[task_id] = position
     totals: dict[int, list[float]] = {}
-    for task_id, round_number, choice in Judgement.objects.filter(
+    for task_id, round_number, answer in Judgement.objects.filter(
         project=project, task__purpose="evaluation"
     ).values_list("task_id", "task__round", "answer"):
-        if task_id not in new_side:
+        if task_id not in new_position:
             continue
-        score = 1.0 if choice == new_side[task_id] else 0.0 if choice in ("A", "B") else 0.5
+        score = hooks.evaluation_score(answer, new_position=new_position[task_id])
         totals.setdefault(round_number, [0.0, 0])
         totals[round_number][0] += score
         totals[round_number][1] += 1

@@ -8,7 +8,13 @@ from .assignment import (
 )
 from .imports import import_create, import_run
 from .judgement import judgement_submit
-from .projects import membership_remove, membership_set, project_create, user_create
+from .projects import (
+    membership_remove,
+    membership_set,
+    project_create,
+    project_kind_settings_set,
+    user_create,
+)
 from .tokens import token_issue, token_revoke, token_sweep
 
 __all__ = [
@@ -22,6 +28,7 @@ __all__ = [
     "membership_remove",
     "membership_set",
     "project_create",
+    "project_kind_settings_set",
     "token_issue",
     "token_revoke",
     "token_sweep",

@@ -103,19 +103,21 @@ WITH held AS (
 )
 SELECT false, head.id, leased.id, counted.prompt_id, counted.kind, counted.round, counted.priority,
        counted.overlap, counted.judgement_count, counted.live_leases, counted.next_lease_expiry, counted.purpose,
-       p.messages, %(now)s, %(expires)s
+       p.messages, p.image, p.context, %(now)s, %(expires)s
 FROM head
 LEFT JOIN leased ON true
 LEFT JOIN counted ON true
 LEFT JOIN annotation_prompt p ON p.id = counted.prompt_id
 UNION ALL
 SELECT true, t.id, held.id, t.prompt_id, t.kind, t.round, t.priority, t.overlap, t.judgement_count,
-       t.live_leases, t.next_lease_expiry, t.purpose, p.messages, held.leased_at, held.expires_at
+       t.live_leases, t.next_lease_expiry, t.purpose, p.messages, p.image, p.context, held.leased_at,
+       held.expires_at
 FROM held
 JOIN annotation_task t ON t.id = held.task_id
 JOIN annotation_prompt p ON p.id = t.prompt_id
 UNION ALL
-SELECT false, contended.id, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL
+SELECT false, contended.id, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
+       NULL, NULL
 FROM (
     SELECT t.id FROM annotation_task t
     WHERE NOT EXISTS (SELECT 1 FROM held) AND NOT EXISTS (SELECT 1 FROM head) AND {_OPEN_TO_ANNOTATOR}
@@ -166,18 +168,26 @@ def _lease_in_one_statement(
         next_expiry,
         purpose,
         messages,
+        image,
+        context,
         leased_at,
         lease_expires_at,
     ) = row
     if assignment_id is None:
         return None, False, head_id
+    # The prompt's image ref and context are cheap columns of the row already read: kinds that
+    # show them (task_extras) need no query of their own for the prompt.
     if isinstance(messages, str):
         messages = json.loads(messages)
+    if isinstance(context, str):
+        context = json.loads(context)
     task = Task(
         id=head_id, project=project, prompt_id=prompt_id, kind=kind, round=round_, priority=priority,
         overlap=overlap, judgement_count=judged, live_leases=live, next_lease_expiry=next_expiry, purpose=purpose,
     )  # fmt: skip
-    task.prompt = Prompt(id=prompt_id, project=project, messages=messages)
+    task.prompt = Prompt(
+        id=prompt_id, project=project, messages=messages, image=image or "", context=context or {}
+    )
     task._state.adding = task.prompt._state.adding = False
     assignment = Assignment(
         id=assignment_id, task=task, annotator=annotator, project=project, status=Assignment.Status.LEASED,

@@ -1,7 +1,10 @@
-"""Importing JSONL into a project: validate every line first, then write everything or nothing.
+"""Importing into a project: validate every line first, then write everything or nothing.
 
-A line: {"prompt": "text" | [{"role", "content"}...], "responses": ["text" | {"text", "model"?}...],
-"id"?: external id, "metadata"?: {...}, "split"?: "train" | "eval"}.
+The upload is JSONL, or a zip holding one JSONL file at its root with the images its lines name by
+relative path (`annotation.services.archives`). Lines are read by `import_lines`; each line's image
+reference is then resolved to a stored, verified image of the project (`images_resolve`), and the
+rows are written in one transaction. A refused import keeps nothing: no rows, and no image file
+that no committed row names (`ImageBatch`).
 
 Small files are imported inside the request; large ones are saved and run by a Celery job whose
 progress the ImportJob row reports. On Postgres rows go in through COPY with ids drawn from the
@@ -11,11 +14,10 @@ tables' sequences up front, which is what lets 100,000 tasks land in seconds.
 import json
 import logging
 import uuid
-from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Iterator
 from datetime import timedelta
 from pathlib import Path
-from typing import IO, Any
+from typing import IO
 
 from django.conf import settings
 from django.contrib.auth.models import AbstractUser
@@ -23,197 +25,18 @@ from django.db import connection, models, transaction
 from django.utils import timezone
 from kombu.exceptions import OperationalError as KombuOperationalError
 
-from ..errors import ServiceUnavailable, TooLarge
-from ..feedback import MAX_JSON_DEPTH, find_unstorable, may_be_unstorable, schema_for
-from ..models import ImportJob, Project, Prompt, Response, Split, Task, TaskResponse
+from .. import jobs
+from ..errors import ServiceUnavailable, TandemError, TooLarge
+from ..models import ImportJob, Project, Prompt, Response, Task, TaskResponse
+from .archives import ImportArchive, is_zip
+from .images import ImageBatch, images_resolve
+from .import_lines import ImportLine, LineError, ParsedImport, parse_import, parse_line
+
+__all__ = ["ImportLine", "LineError", "import_create", "import_run", "import_sweep", "parse_line"]
 
 logger = logging.getLogger(__name__)
 
-MAX_ERRORS_LISTED = 200
-MAX_TEXT_CHARS = 200_000
-MAX_EXTERNAL_ID = 200
-ROLES = ("system", "user", "assistant")
-_PROGRESS_EVERY = 5000
 _BATCH = 5000
-
-
-@dataclass
-class ImportLine:
-    line: int
-    messages: list[dict[str, str]]
-    responses: list[tuple[str, str]]
-    external_id: str | None
-    metadata: dict[str, Any] = field(default_factory=dict)
-    split: str = Split.TRAIN
-
-
-class LineError(Exception):
-    def __init__(self, field_name: str, message: str):
-        super().__init__(f"{field_name}: {message}" if field_name else message)
-
-
-def _messages(value: Any) -> list[dict[str, str]]:
-    if isinstance(value, str):
-        if not value.strip():
-            raise LineError("prompt", "must not be empty")
-        return [{"role": "user", "content": value}]
-    if not isinstance(value, list) or not value:
-        raise LineError(
-            "prompt", "must be a string or a non-empty list of {role, content} messages"
-        )
-    messages = []
-    for i, message in enumerate(value):
-        where = f"prompt[{i}]"
-        if not isinstance(message, dict):
-            raise LineError(where, "must be an object with role and content")
-        role, content = message.get("role"), message.get("content")
-        if role not in ROLES:
-            raise LineError(f"{where}.role", f"must be one of {', '.join(ROLES)}")
-        if not isinstance(content, str):
-            raise LineError(f"{where}.content", "must be a string")
-        if len(content) > MAX_TEXT_CHARS:
-            raise LineError(f"{where}.content", f"longer than {MAX_TEXT_CHARS} characters")
-        messages.append({"role": role, "content": content})
-    return messages
-
-
-def _responses(value: Any, *, minimum: int, maximum: int) -> list[tuple[str, str]]:
-    if not isinstance(value, list):
-        raise LineError("responses", "must be a list")
-    if not value:
-        return []  # a prompt for the online loop to generate for: no task until it has responses
-    if not minimum <= len(value) <= maximum:
-        wanted = str(minimum) if minimum == maximum else f"{minimum} to {maximum}"
-        raise LineError(
-            "responses", f"this project's kind takes {wanted} responses (or none), got {len(value)}"
-        )
-    out = []
-    for i, item in enumerate(value):
-        where = f"responses[{i}]"
-        if isinstance(item, str):
-            text, model = item, ""
-        elif isinstance(item, dict):
-            text, model = item.get("text"), item.get("model", "") or ""
-            if not isinstance(text, str):
-                raise LineError(f"{where}.text", "must be a string")
-            if not isinstance(model, str):
-                raise LineError(f"{where}.model", "must be a string")
-        else:
-            raise LineError(where, "must be a string or an object with text")
-        if not text.strip():
-            raise LineError(where, "must not be empty")
-        if len(text) > MAX_TEXT_CHARS:
-            raise LineError(where, f"longer than {MAX_TEXT_CHARS} characters")
-        out.append((text, model[:200]))
-    return out
-
-
-def parse_line(raw: bytes | str, *, line: int, kind: str) -> ImportLine:
-    schema = schema_for(kind)
-    try:
-        obj = json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise LineError("", f"not valid JSON ({exc})") from None
-    except RecursionError:
-        raise LineError("", f"nested deeper than {MAX_JSON_DEPTH} levels") from None
-    if not isinstance(obj, dict):
-        raise LineError("", "must be a JSON object")
-    if may_be_unstorable(raw):
-        fault = find_unstorable(obj)
-        if fault is not None:
-            raise LineError(*fault)
-    if "prompt" not in obj:
-        raise LineError("prompt", "required")
-    if "responses" not in obj:
-        raise LineError("responses", "required")
-    external_id = obj.get("id")
-    if external_id is not None:
-        if isinstance(external_id, bool) or not isinstance(external_id, str | int):
-            raise LineError("id", "must be a string or an integer")
-        external_id = str(external_id)
-        if not external_id or len(external_id) > MAX_EXTERNAL_ID:
-            raise LineError("id", f"must be 1 to {MAX_EXTERNAL_ID} characters")
-    metadata = obj.get("metadata", {})
-    if not isinstance(metadata, dict):
-        raise LineError("metadata", "must be an object")
-    split = obj.get("split", Split.TRAIN)
-    if split not in Split.values:
-        raise LineError("split", f"must be one of {', '.join(Split.values)}")
-    return ImportLine(
-        line=line,
-        messages=_messages(obj["prompt"]),
-        responses=_responses(
-            obj["responses"], minimum=schema.min_responses, maximum=schema.max_responses
-        ),
-        external_id=external_id,
-        metadata=metadata,
-        split=split,
-    )
-
-
-@dataclass
-class ParsedImport:
-    items: list[ImportLine]
-    errors: list[dict[str, Any]]
-    error_count: int
-    lines: int
-
-
-def parse_import(
-    lines: Iterable[bytes], *, project: Project, progress: Callable[[int], None] | None = None
-) -> ParsedImport:
-    """Validates every line; blank lines are skipped. Errors name the line and the field."""
-    parsed: list[ImportLine] = []
-    errors: list[dict[str, Any]] = []
-    error_count = 0
-    seen_ids: dict[str, int] = {}
-
-    def fail(line: int, message: str) -> None:
-        nonlocal error_count
-        error_count += 1
-        if len(errors) < MAX_ERRORS_LISTED:
-            errors.append({"line": line, "message": message})
-
-    number = 0
-    for number, raw in enumerate(lines, start=1):
-        if progress and number % _PROGRESS_EVERY == 0:
-            progress(number)
-        if not raw.strip():
-            continue
-        try:
-            item = parse_line(raw, line=number, kind=project.kind)
-        except LineError as exc:
-            fail(number, str(exc))
-            continue
-        if item.external_id is not None:
-            first = seen_ids.setdefault(item.external_id, number)
-            if first != number:
-                fail(number, f"id: '{item.external_id}' repeats the id of line {first}")
-                continue
-        parsed.append(item)
-    if progress:
-        progress(number)
-
-    if seen_ids:
-        existing = _existing_external_ids(project, list(seen_ids))
-        for external_id in sorted(existing, key=seen_ids.__getitem__):
-            fail(seen_ids[external_id], f"id: '{external_id}' is already in this project")
-    if not parsed and not error_count:
-        fail(0, "the file holds no lines")
-    errors.sort(key=lambda e: e["line"])
-    return ParsedImport(items=parsed, errors=errors, error_count=error_count, lines=number)
-
-
-def _existing_external_ids(project: Project, ids: list[str]) -> set[str]:
-    found: set[str] = set()
-    for start in range(0, len(ids), 10_000):
-        chunk = ids[start : start + 10_000]
-        found.update(
-            Prompt.objects.filter(project=project, external_id__in=chunk).values_list(
-                "external_id", flat=True
-            )
-        )
-    return found
 
 
 # --- writing -------------------------------------------------------------------
@@ -272,8 +95,8 @@ def _write_postgres(project: Project, items: list[ImportLine]) -> None:
                 json.dumps(i.messages),
                 i.external_id,
                 json.dumps(i.metadata),
-                "",
-                "{}",
+                i.image or "",
+                json.dumps(i.context),
                 i.split,
                 now,
             )
@@ -335,6 +158,8 @@ def _write_portable(project: Project, items: list[ImportLine]) -> None:
                 messages=i.messages,
                 external_id=i.external_id,
                 metadata=i.metadata,
+                image=i.image or "",
+                context=i.context,
                 split=i.split,
             )
             for i in batch
@@ -376,11 +201,13 @@ class ImportAbandoned(Exception):
     """The job was failed by import_sweep while this run was still writing: the write is undone."""
 
 
-def _lines(stream: IO[bytes]) -> Iterator[bytes]:
+def _lines(stream: "IO[bytes] | _Prefixed") -> Iterator[bytes]:
     yield from stream
 
 
 def _describe(exc: BaseException) -> str:
+    if isinstance(exc, TandemError):
+        return exc.message  # already says what is wrong, naming the entry or line
     first = (str(exc).strip().splitlines() or [""])[0][:300]
     return f"{type(exc).__name__}: {first}" if first else type(exc).__name__
 
@@ -399,7 +226,23 @@ def _fail(job: ImportJob, message: str) -> ImportJob:
     return job
 
 
-def _finish(job: ImportJob, parsed: ParsedImport) -> ImportJob:
+def _resolve_images(
+    project: Project, parsed: ParsedImport, *, archive: ImportArchive | None, batch: ImageBatch
+) -> None:
+    """Stores (or finds) each line's image and names it "sha256:<hex>" on the line; the lines whose
+    image cannot be had are refused. Only new files are written here; their rows come with the
+    tasks', inside the import's transaction (`ImageBatch.write_rows`)."""
+    refs = [(item.line, item.image) for item in parsed.items if item.image]
+    if not refs:
+        return
+    resolved, errors = images_resolve(project=project, refs=refs, archive=archive, batch=batch)
+    for item in parsed.items:
+        if item.image:
+            item.image = resolved.get(item.image, item.image)
+    parsed.refuse(errors)
+
+
+def _finish(job: ImportJob, parsed: ParsedImport, batch: ImageBatch) -> ImportJob:
     items, errors, error_count = parsed.items, parsed.errors, parsed.error_count
     job.lines_total = job.lines_done = parsed.lines
     if error_count:
@@ -416,6 +259,7 @@ def _finish(job: ImportJob, parsed: ParsedImport) -> ImportJob:
     job.status = ImportJob.Status.IMPORTING
     job.save(update_fields=["status", "lines_total", "lines_done", "updated_at"])
     with transaction.atomic():
+        batch.write_rows()
         write_tasks(project=job.project, items=items)
         # The write counts only if the job is still ours: a sweep that gave it up meanwhile told
         # the user it failed, so the tasks must not appear after all.
@@ -429,13 +273,23 @@ def _finish(job: ImportJob, parsed: ParsedImport) -> ImportJob:
     return job
 
 
-def _import(job: ImportJob, lines: Iterable[bytes], progress=None) -> ImportJob:
+def _import(
+    job: ImportJob,
+    lines: Iterable[bytes],
+    progress=None,
+    archive: ImportArchive | None = None,
+) -> ImportJob:
     """Validates then writes; on any error the job is failed with the reason, and it re-raises."""
     stage = "reading the file"
     try:
-        parsed = parse_import(lines, project=job.project, progress=progress)
-        stage = "writing"
-        return _finish(job, parsed)
+        # The batch encloses the transaction: on the way out it deletes the image files it wrote
+        # that no committed row names, so a refused or failed import leaves no file behind.
+        with ImageBatch(project=job.project) as batch:
+            parsed = parse_import(lines, project=job.project, progress=progress, seed=job.pk)
+            stage = "storing the images"
+            _resolve_images(job.project, parsed, archive=archive, batch=batch)
+            stage = "writing"
+            return _finish(job, parsed, batch)
     except Exception as exc:
         _fail(job, f"the import failed while {stage} ({_describe(exc)}); nothing was imported")
         raise
@@ -452,24 +306,21 @@ def _enqueue_run(job_id: int) -> None:
     with current_app.connection_for_write(
         url=settings.CELERY_BROKER_URL, connect_timeout=_BROKER_CONNECT_SECONDS
     ) as conn:
-        current_app.send_task(
-            "annotation.tasks.run_import",
-            args=[job_id],
-            connection=conn,
-            retry=True,
-            retry_policy=_BROKER_RETRY,
+        jobs.enqueue(
+            jobs.RUN_IMPORT, job_id, connection=conn, retry=True, retry_policy=_BROKER_RETRY
         )
 
 
 def import_create(
     *, project: Project, user: AbstractUser, stream: IO[bytes], size: int, filename: str = ""
 ) -> ImportJob:
-    """Imports a JSONL upload: inline when small, as a Celery job (status 'queued') when large.
+    """Imports a JSONL or zip upload: inline when small, as a Celery job (status 'queued') when large.
 
-    Nothing is written to the project unless every line is valid. A large file is queued before
-    this returns: if the broker cannot take it, ServiceUnavailable is raised and neither the job
-    nor the file is kept. (Called inside the caller's transaction, the job is queued on commit
-    instead, and a broker outage then shows as a job that import_sweep fails later.)
+    Nothing is written to the project unless every line is valid and every image it names is. A
+    large file is queued before this returns: if the broker cannot take it, ServiceUnavailable is
+    raised and neither the job nor the file is kept. (Called inside the caller's transaction, the
+    job is queued on commit instead, and a broker outage then shows as a job that import_sweep
+    fails later.) A zip is recognised by its first bytes, whatever its name.
     """
     if size > settings.TANDEM_IMPORT_MAX_BYTES:
         raise TooLarge(
@@ -482,18 +333,40 @@ def import_create(
         "filename": filename[:300],
         "size_bytes": size,
     }
-    if size <= settings.TANDEM_IMPORT_INLINE_BYTES:
+    head = stream.read(4)
+    try:
+        # Uploads and spooled bodies can rewind (and Django's iterate from the start regardless).
+        stream.seek(0)
+        rest: IO[bytes] | _Prefixed = stream
+        head_to_write = b""
+    except (AttributeError, OSError, ValueError):
+        rest, head_to_write = _Prefixed(head, stream), head
+    zipped = is_zip(head)
+    if size <= settings.TANDEM_IMPORT_INLINE_BYTES and not zipped:
         job = ImportJob.objects.create(status=ImportJob.Status.VALIDATING, **common)
-        return _import(job, _lines(stream))
+        return _import(job, _lines(rest))
 
     directory = Path(settings.MEDIA_ROOT) / "imports"
     directory.mkdir(parents=True, exist_ok=True)
-    path = directory / f"{uuid.uuid4().hex}.jsonl"
+    path = directory / f"{uuid.uuid4().hex}.{'zip' if zipped else 'jsonl'}"
     job = None
     try:
         with path.open("wb") as out:
+            out.write(head_to_write)
             for chunk in iter(lambda: stream.read(1 << 20), b""):
                 out.write(chunk)
+        if size <= settings.TANDEM_IMPORT_INLINE_BYTES:
+            # A small zip still has to lie on disk: its directory sits at its end.
+            try:
+                job = ImportJob.objects.create(status=ImportJob.Status.VALIDATING, **common)
+                with ImportArchive(path) as archive:
+                    return _import(job, archive.jsonl_lines(), archive=archive)
+            except Exception as exc:
+                if job is not None and job.status != ImportJob.Status.FAILED:
+                    _fail(job, f"the import failed ({_describe(exc)}); nothing was imported")
+                raise
+            finally:
+                path.unlink(missing_ok=True)
         job = ImportJob.objects.create(source_path=str(path), **common)
         if connection.in_atomic_block:
             job_id = job.pk
@@ -508,11 +381,34 @@ def import_create(
             ) from exc
     except BaseException:
         # Whatever went wrong, the caller hears of it now: no job row or file stays behind.
-        if job is not None and not connection.in_atomic_block:
-            job.delete()
+        if job is not None and job.status == ImportJob.Status.QUEUED:
+            if not connection.in_atomic_block:
+                job.delete()
         path.unlink(missing_ok=True)
         raise
     return job
+
+
+class _Prefixed:
+    """A stream whose first bytes were already read (to tell a zip from JSONL), given back first."""
+
+    def __init__(self, head: bytes, rest: IO[bytes]):
+        self._head, self._rest = head, rest
+
+    def __iter__(self) -> Iterator[bytes]:
+        pending = self._head
+        for line in self._rest:
+            if not pending:
+                yield line
+                continue
+            # The head may itself hold a line break (a blank first line): split as a file would.
+            joined, pending = pending + line, b""
+            *whole, last = joined.split(b"\n")
+            yield from (part + b"\n" for part in whole)
+            if last:
+                yield last
+        if pending:
+            yield pending
 
 
 def import_run(*, job_id: int) -> ImportJob:
@@ -535,11 +431,17 @@ def import_run(*, job_id: int) -> ImportJob:
         ImportJob.objects.filter(pk=job.pk).update(lines_done=done, updated_at=timezone.now())
 
     try:
-        with path.open("rb") as counting:
-            job.lines_total = sum(1 for _ in counting)
-        job.save(update_fields=["lines_total", "updated_at"])
-        with path.open("rb") as stream:
-            job = _import(job, stream, progress)
+        if is_zip(path):
+            with ImportArchive(path) as archive:
+                job.lines_total = sum(1 for _ in archive.jsonl_lines())
+                job.save(update_fields=["lines_total", "updated_at"])
+                job = _import(job, archive.jsonl_lines(), progress, archive=archive)
+        else:
+            with path.open("rb") as counting:
+                job.lines_total = sum(1 for _ in counting)
+            job.save(update_fields=["lines_total", "updated_at"])
+            with path.open("rb") as stream:
+                job = _import(job, stream, progress)
     except Exception as exc:
         logger.exception("import %s failed", job.pk)
         job = _fail(job, f"the import failed ({_describe(exc)}); nothing was imported")

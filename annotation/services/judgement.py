@@ -8,8 +8,10 @@ from django.db.models.expressions import RawSQL
 from django.utils import timezone
 
 from ..errors import Conflict, InvalidInput
-from ..feedback import clean_common, schema_for
-from ..models import Assignment, Judgement, Project, Task
+from ..feedback import clean_common
+from ..kinds import kind_for
+from ..kinds.base import Kind, TaskContext
+from ..models import Assignment, Judgement, Project, Task, TaskResponse
 from .assignment import earliest_live_expiry
 from .guards import project_ensure_writable
 
@@ -42,7 +44,8 @@ def judgement_submit(
             errors=[{"field": "Idempotency-Key", "message": "required"}],
         )
     annotator_id = assignment.annotator_id
-    payload, answer = schema_for(assignment.task.kind).validate_payload(data)
+    kind = kind_for(assignment.task.kind)
+    payload, answer = kind.validate_payload(data, task=_task_context(kind, assignment))
     rationale, time_spent_ms = clean_common(data)
     now = timezone.now()
     try:
@@ -121,6 +124,25 @@ def judgement_submit(
             raise
         return previous, False
     return judgement, True
+
+
+def _task_context(kind: Kind, assignment: Assignment) -> TaskContext:
+    """What the kind's validation reads of the task, loaded only if the kind reads it (a choice
+    between two responses reads nothing, so the pairwise hot path pays no query here)."""
+    if not kind.needs_response_texts and not kind.needs_settings:
+        return TaskContext()
+    responses: tuple[str, ...] = ()
+    if kind.needs_response_texts:
+        responses = tuple(
+            TaskResponse.objects.filter(task_id=assignment.task_id)
+            .order_by("position")
+            .values_list("response__text", flat=True)
+        )
+    settings = {}
+    if kind.needs_settings:
+        # access_assignment loads the project with the assignment; no query when it did.
+        settings = kind.settings_of(assignment.project.kind_settings)
+    return TaskContext(responses=responses, settings=settings)
 
 
 # The task row is locked first, as everywhere (no deadlocks with leases and skips); then one

@@ -7,7 +7,8 @@ from django.db.models import Q
 from django.utils import timezone
 
 from ..errors import Conflict, InvalidInput, NotFound
-from ..feedback import schema_for
+from ..feedback import find_unstorable
+from ..kinds import kind_for
 from ..models import Assignment, Membership, Project, Role, Task
 from ..selectors import ANNOTATE
 from .assignment import earliest_live_expiry
@@ -43,9 +44,13 @@ def project_create(
     overlap: int = 1,
     lease_seconds: int = 600,
     instructions: str = "",
+    kind_settings: dict | None = None,
 ) -> Project:
-    """Creates the project and makes its creator a manager of it."""
-    schema_for(kind)
+    """Creates the project and makes its creator a manager of it.
+
+    Only registered kinds are accepted; `kind_settings` are validated and completed by the kind.
+    """
+    settings = _clean_kind_settings(kind, kind_settings)
     if not name.strip():
         raise InvalidInput("name: required", errors=[{"field": "name", "message": "required"}])
     if not 1 <= overlap <= 50:
@@ -65,9 +70,49 @@ def project_create(
             overlap=overlap,
             lease_seconds=lease_seconds,
             instructions=instructions,
+            kind_settings=settings,
             created_by=creator,
         )
         Membership.objects.create(project=project, user=creator, role=Role.MANAGER)
+    return project
+
+
+def _clean_kind_settings(kind: str, data: dict | None) -> dict:
+    # The kind validates what its settings mean; whatever it keeps must also be storable.
+    if data is not None and not isinstance(data, dict):
+        raise InvalidInput(
+            "kind_settings: must be an object",
+            errors=[{"field": "kind_settings", "message": "must be an object"}],
+        )
+    fault = find_unstorable(data or {})
+    if fault is not None:
+        where = f"kind_settings.{fault[0]}" if fault[0] else "kind_settings"
+        raise InvalidInput(f"{where}: {fault[1]}", errors=[{"field": where, "message": fault[1]}])
+    return kind_for(kind).clean_settings(data)
+
+
+def project_kind_settings_set(*, project: Project, kind_settings: dict | None) -> Project:
+    """Changes the project's kind settings: those named in `kind_settings` replace the stored
+    ones, the others keep their values (a PATCH), and the kind validates the result.
+
+    Stored judgements are insert-only and stay as they were: a span keeps the category name it
+    was given even after that category is renamed or dropped, and exports carry it as stored.
+    Raises Conflict when the project is archived, InvalidInput naming the setting otherwise.
+    """
+    if not isinstance(kind_settings, dict):
+        raise InvalidInput(
+            "kind_settings: must be an object",
+            errors=[{"field": "kind_settings", "message": "must be an object"}],
+        )
+    with transaction.atomic():
+        # The row lock orders two managers' changes (neither loses the other's settings) and
+        # reads the archived flag as it is now, not as the caller loaded it.
+        locked = Project.objects.select_for_update().get(pk=project.pk)
+        project_ensure_writable(project=locked)
+        merged = {**(locked.kind_settings or {}), **kind_settings}
+        locked.kind_settings = _clean_kind_settings(locked.kind, merged)
+        locked.save(update_fields=["kind_settings"])
+    project.kind_settings = locked.kind_settings
     return project
 
 

@@ -18,6 +18,7 @@ from annotation.charts import Bar, Frame, Point, bar_chart, line_chart, nice_tic
 from annotation.models import ModelVersion, Response, Round, Task, TrainingRun
 from annotation.selectors.dashboard import throughput_last_hour
 from annotation.selectors.rounds import wilson_interval
+from annotation.services import round_stages
 from annotation.services import rounds as round_services
 
 pytestmark = pytest.mark.django_db
@@ -84,12 +85,12 @@ def evaluated_round(project, annotators, *, wins: int, losses: int, policy_name:
     for prompt in prompts:
         new = Response.objects.create(prompt=prompt, text="new answer", model_version=policy)
         old = Response.objects.create(prompt=prompt, text="old answer", model_version=base)
-        task = round_services._task_create(
+        task = round_stages.task_create(
             project,
             prompt,
             [new, old],
             round_number=1,
-            priority=round_services.EVALUATION_PRIORITY,
+            priority=round_stages.EVALUATION_PRIORITY,
             purpose="evaluation",
         )
         new_sides.append(task.pk)

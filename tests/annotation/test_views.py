@@ -10,6 +10,7 @@ from django.db import connection
 from django.test.utils import CaptureQueriesContext
 
 from annotation import selectors, services
+from annotation.kinds import registered
 from annotation.models import Assignment, FeedbackKind, ImportJob, Judgement, Membership, Role, Task
 from tests.factories import ProjectFactory, UserFactory, import_tasks, jsonl, pairwise_lines
 
@@ -447,7 +448,9 @@ def test_project_creation_is_for_staff_and_offers_only_supported_kinds(client, d
     client.force_login(staff)
     form = client.get("/projects/new").content.decode()
     offered = re.findall(r'<option value="([^"]+)"', form)
-    assert offered == [FeedbackKind.PAIRWISE]
+    # The registered kinds, and only them: a kind without a module cannot be annotated.
+    assert offered == [kind.name for kind in registered()] and FeedbackKind.PAIRWISE in offered
+    assert FeedbackKind.RANKING not in offered
 
     response = client.post(
         "/projects/new",

@@ -171,6 +171,12 @@ SPECTACULAR_SETTINGS = {
     "REDOC_DIST": "SIDECAR",
     # null, not absent: Swagger UI's default sends every schema to validator.swagger.io for a badge.
     "SWAGGER_UI_SETTINGS": {"deepLinking": True, "validatorUrl": None},
+    # Each kind's judgement body has its own `choice`; named here, the enums keep stable names.
+    "ENUM_NAME_OVERRIDES": {
+        "DecisiveChoiceEnum": ["A", "B"],
+        "EvenChoiceEnum": ["tie", "both_bad"],
+        "ComparisonChoiceEnum": ["A", "B", "tie"],
+    },
 }
 
 # --- Celery -----------------------------------------------------------------
@@ -242,6 +248,18 @@ TANDEM_MODEL_ROOTS = [
 ]
 # An import job that has not reported progress for this long died with its worker: it is failed.
 TANDEM_IMPORT_STALE_SECONDS = int(os.environ.get("TANDEM_IMPORT_STALE_SECONDS", "600"))
+# Images (multimodal kinds) are verified by decoding: a file over this many bytes is refused
+# before it is decoded, and one declaring more pixels than this (a decompression bomb: a few KB
+# that decode to gigabytes) before a pixel is decoded. 40 MP is a 7,700×5,200 photo.
+TANDEM_IMAGE_MAX_BYTES = int(os.environ.get("TANDEM_IMAGE_MAX_BYTES", 20 * 1024 * 1024))
+TANDEM_IMAGE_MAX_PIXELS = int(os.environ.get("TANDEM_IMAGE_MAX_PIXELS", 40_000_000))
+# Zip imports (JSONL + images): caps on entries and on their total uncompressed size, counted as
+# declared and again as read (declared sizes can lie), and on one entry's compression ratio.
+TANDEM_IMPORT_ZIP_MAX_ENTRIES = int(os.environ.get("TANDEM_IMPORT_ZIP_MAX_ENTRIES", 200_000))
+TANDEM_IMPORT_ZIP_MAX_BYTES = int(
+    os.environ.get("TANDEM_IMPORT_ZIP_MAX_BYTES", 4 * 1024 * 1024 * 1024)
+)
+TANDEM_IMPORT_ZIP_MAX_RATIO = int(os.environ.get("TANDEM_IMPORT_ZIP_MAX_RATIO", 200))
 
 # API tokens (django-rest-knox): stored as digests, expiring, listed and revoked by their owner.
 KNOX_TOKEN_MODEL = "annotation.ApiToken"

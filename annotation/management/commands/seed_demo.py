@@ -17,6 +17,7 @@ from django.core.management.base import BaseCommand, CommandError
 from django.db import transaction
 
 from annotation import services
+from annotation.demo_hallucination import seed_hallucination_project
 from annotation.models import FeedbackKind, ImportJob, Project, Role
 
 FIXTURE = Path(__file__).resolve().parents[2] / "fixtures" / "demo_tasks.jsonl"
@@ -77,8 +78,8 @@ Add a short rationale whenever the call was hard: it helps reviewers and the nex
 
 class Command(BaseCommand):
     help = (
-        "Creates demo users (random passwords, printed once), a pairwise project and its tasks "
-        "(idempotent)."
+        "Creates demo users (random passwords, printed once), a pairwise project and a "
+        "hallucination project with their tasks (idempotent)."
     )
 
     def add_arguments(self, parser):
@@ -127,7 +128,13 @@ class Command(BaseCommand):
                 created = self._import(project, admin)
                 self.stdout.write(f"Imported {created} demo tasks from {FIXTURE.name}.")
 
-        self._banner(url, project, users)
+        # After the block above commits: its images' files are kept only once their rows commit.
+        annotators = [name for name, _, role in DEMO_USERS if role == Role.ANNOTATOR]
+        shapes, created = seed_hallucination_project(creator=admin, annotators=annotators)
+        if created:
+            self.stdout.write(f"Imported {created} hallucination tasks with drawn images.")
+
+        self._banner(url, [project, shapes], users)
 
     def _user(
         self, username: str, is_staff: bool, *, reset: bool
@@ -160,7 +167,7 @@ class Command(BaseCommand):
             raise CommandError(f"demo import {job.pk} ended '{job.status}': {job.errors}")
         return job.created
 
-    def _banner(self, url: str, project: Project, users: dict) -> None:
+    def _banner(self, url: str, projects: list[Project], users: dict) -> None:
         base = url.rstrip("/")
         lines = [
             "Tandem demo is ready",
@@ -168,7 +175,10 @@ class Command(BaseCommand):
             f"  open      {base}/",
             f"  admin     {base}/admin/",
             f"  API docs  {base}/api/docs/",
-            f"  project   {project.name} ({project.tasks.count()} tasks, overlap {project.overlap})",
+            *(
+                f"  project   {project.name} ({project.tasks.count()} tasks, overlap {project.overlap})"
+                for project in projects
+            ),
             "",
             "  user    password",
         ]

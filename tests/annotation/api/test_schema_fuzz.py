@@ -27,7 +27,9 @@ from annotation import services
 from annotation.errors import TandemError
 from annotation.feedback import MAX_TIME_SPENT_MS
 from annotation.models import Assignment, ImportJob, ModelVersion, Role
+from annotation.services.images import image_store
 from annotation.services.tokens import token_issue
+from tests.annotation.image_support import drawn
 from tests.factories import ProjectFactory, UserFactory, import_tasks
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
@@ -80,6 +82,9 @@ class World:
                 # A second token of the caller's, for the revoke operation to revoke.
                 self.spare_tokens[name] = token_issue(user=user, name="spare")[0].token_key
         self.assignments: dict[str, Assignment] = {}
+        # An image of the project, so the image routes are fuzzed past their look-up too.
+        stored = image_store(project=self.project, data=drawn((600, 400)), name="fuzz.png")
+        self.image_ref = f"sha256:{stored.sha256}"
 
     def live_assignment_id(self, role: str) -> int:
         """A lease of the caller's when their role may annotate, else the annotator's (which
@@ -108,6 +113,7 @@ class World:
             "import_id": lambda: self.import_job.pk,
             "model_id": lambda: self.model.pk,
             "assignment_id": lambda: self.live_assignment_id(role),
+            "image_id": lambda: self.image_ref,
             "username": lambda: self.member.username,
             "token_key": lambda: self.spare_tokens.get(role, "0" * 15),
         }
@@ -160,6 +166,7 @@ def test_each_view_documents_its_own_body(schema):
     assert [ref["$ref"].rsplit("/", 1)[1] for ref in judgement["oneOf"]] == [
         "DecisiveJudgement",
         "EvenJudgement",
+        "HallucinationJudgement",
     ]
     assert components["DecisiveJudgement"]["properties"]["time_spent_ms"]["maximum"] == (
         MAX_TIME_SPENT_MS

@@ -20,8 +20,10 @@ from annotation.models import (
     Task,
     TaskResponse,
 )
+from tests.annotation.image_support import media  # noqa: F401  (the fixture)
 
-pytestmark = pytest.mark.django_db
+# seed_demo stores the hallucination project's images: under a media root of the test's own.
+pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("media")]
 USERNAMES = [username for username, _, _ in DEMO_USERS]
 
 

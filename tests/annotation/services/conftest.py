@@ -2,6 +2,9 @@ import pytest
 import redis
 from django.conf import settings
 
+# Each test that stores images does so under a media root of its own.
+from tests.annotation.image_support import media  # noqa: F401
+
 
 @pytest.fixture
 def broker():

@@ -23,7 +23,8 @@ from annotation.models import (
     TaskResponse,
     TrainingRun,
 )
-from annotation.services import rounds
+from annotation.selectors import round_data
+from annotation.services import round_attempts, round_stages, rounds
 from tests.annotation.loop_support import queued_run_ids, wait_for
 from tests.factories import (
     ProjectFactory,
@@ -198,18 +199,18 @@ def test_each_judgement_trains_the_policy_in_exactly_one_round(broker):
     first = rounds.round_start(project=project)
     wait_for_export_horizon()
     # What the reward stage records when it exports; then two more arrive before the policy stage.
-    _, cursor, seen = rounds.human_pairs(project)
+    _, cursor, seen = round_data.human_pairs(project)
     Round.objects.filter(pk=first.pk).update(data_cursor=cursor)
     annotate(project, 2)
     wait_for_export_horizon()
-    pairs, policy_cursor = rounds.policy_pairs(project, first)
+    pairs, policy_cursor = round_data.policy_pairs(project, first)
     assert seen == 2 and len(pairs) == 2 and policy_cursor == cursor
 
     Round.objects.filter(pk=first.pk).update(status=Round.Status.SUCCEEDED)
     second = rounds.round_start(project=project)
-    _, later, _ = rounds.human_pairs(project)
+    _, later, _ = round_data.human_pairs(project)
     Round.objects.filter(pk=second.pk).update(data_cursor=later)
-    pairs, _ = rounds.policy_pairs(project, second)
+    pairs, _ = round_data.policy_pairs(project, second)
     assert len(pairs) == 2  # the two that came after round 1's cursor, and only those
 
 
@@ -241,7 +242,7 @@ def test_an_older_attempt_cannot_write_after_a_newer_claim(broker, quiet_heartbe
     project = loop_project()
     started = rounds.round_start(project=project)
     reward = started.runs.get(stage="reward")
-    root = rounds._artifact_root(project)
+    root = round_attempts.artifact_root(project)
     seen = {}
 
     def train(run, progress):
@@ -256,21 +257,23 @@ def test_an_older_attempt_cannot_write_after_a_newer_claim(broker, quiet_heartbe
                 assert TrainingRun.objects.get(pk=run.pk).status == TrainingRun.Status.QUEUED
                 seen["second"] = rounds.stage_run(run_id=run.pk)
                 before = TrainingRun.objects.values_list("progress_step", flat=True).get(pk=run.pk)
-                with pytest.raises(rounds.Superseded):
+                with pytest.raises(round_attempts.Superseded):
                     progress(_Step(99, 100))
                 after = TrainingRun.objects.values_list("progress_step", flat=True).get(pk=run.pk)
                 assert before == after
             return type("Result", (), {"path": scratch / "round-1-reward", "metrics": out.metrics})
 
-        return rounds._publish_once(run, root, "round-1-reward", publish)
+        return round_attempts.publish_once(run, root, "round-1-reward", publish)
 
     def body(run, loop, progress):
         path, metrics = train(run, progress)
         with transaction.atomic():
-            rounds._fence(run)
-            rounds._register(run, ModelVersion.Kind.REWARD, "round-1-reward", path, metrics, None)
+            round_attempts.run_fence(run)
+            round_attempts.version_register(
+                run, ModelVersion.Kind.REWARD, "round-1-reward", path, metrics, None
+            )
 
-    monkeypatch.setitem(rounds.STAGE_BODIES, "reward", body)
+    monkeypatch.setitem(round_stages.STAGE_BODIES, "reward", body)
     assert rounds.stage_run(run_id=reward.pk) == "superseded"
     assert seen["second"] == TrainingRun.Status.SUCCEEDED
 
@@ -285,9 +288,9 @@ def test_an_older_attempt_cannot_write_after_a_newer_claim(broker, quiet_heartbe
     # Whatever else the superseded attempt tries is refused too, and changes nothing.
     old = TrainingRun.objects.select_related("round__project").get(pk=reward.pk)
     old.attempts = 1
-    with transaction.atomic(), pytest.raises(rounds.Superseded):
-        rounds._fence(old)
-    rounds._fail(old, "boom", attempt=1)
+    with transaction.atomic(), pytest.raises(round_attempts.Superseded):
+        round_attempts.run_fence(old)
+    round_attempts.run_fail(old, "boom", attempt=1)
     reward.refresh_from_db()
     started.refresh_from_db()
     assert reward.status == TrainingRun.Status.SUCCEEDED and reward.error == ""
@@ -300,14 +303,14 @@ def test_a_heartbeat_stops_and_flags_the_stage_once_superseded(broker, quiet_hea
     TrainingRun.objects.filter(pk=run.pk).update(status=TrainingRun.Status.RUNNING, attempts=2)
     run.refresh_from_db()
     run.attempts = 1  # this process holds attempt 1; attempt 2 was claimed elsewhere
-    beating = rounds._Beating()
-    report = rounds._progress_reporter(run, beating)
-    with pytest.raises(rounds.Superseded):
+    beating = round_attempts.Beating()
+    report = round_attempts.progress_reporter(run, beating)
+    with pytest.raises(round_attempts.Superseded):
         report(_Step(1, 2))
     beating.superseded.set()
     run.attempts = 2
-    with pytest.raises(rounds.Superseded):
-        rounds._progress_reporter(run, beating)(_Step(1, 2))
+    with pytest.raises(round_attempts.Superseded):
+        round_attempts.progress_reporter(run, beating)(_Step(1, 2))
     assert TrainingRun.objects.get(pk=run.pk).progress_step == 0
 
 
@@ -425,8 +428,8 @@ def test_blind_evaluations_do_not_give_the_model_away(broker, monkeypatch, api):
     project = loop_project(samples_per_prompt=4, prompts_per_round=8, eval_prompts=60)
     loop_round, policy = _eval_round(project, eval_prompts=60)
     loop = LoopSettings.of(project)
-    rounds._stage_generate(_claimed(loop_round, "generate"), loop, lambda progress: None)
-    rounds._stage_select(_claimed(loop_round, "select"), loop, lambda progress: None)
+    round_stages.stage_generate(_claimed(loop_round, "generate"), loop, lambda progress: None)
+    round_stages.stage_select(_claimed(loop_round, "select"), loop, lambda progress: None)
 
     tasks = list(Task.objects.filter(project=project, purpose="evaluation").order_by("id"))
     assert len(tasks) == 60
@@ -480,10 +483,13 @@ def test_a_superseded_generate_or_select_attempt_creates_nothing(broker, monkeyp
     project = loop_project(samples_per_prompt=4, prompts_per_round=8, eval_prompts=4)
     loop_round, policy = _eval_round(project, eval_prompts=4)
     loop = LoopSettings.of(project)
-    for stage, body in (("generate", rounds._stage_generate), ("select", rounds._stage_select)):
+    for stage, body in (
+        ("generate", round_stages.stage_generate),
+        ("select", round_stages.stage_select),
+    ):
         run = _claimed(loop_round, stage)
         TrainingRun.objects.filter(pk=run.pk).update(attempts=2)  # a newer attempt claimed it
-        with pytest.raises(rounds.Superseded):
+        with pytest.raises(round_attempts.Superseded):
             body(run, loop, lambda progress: None)
         if stage == "generate":
             assert not Response.objects.filter(model_version=policy).exists()
@@ -514,7 +520,7 @@ def test_the_heartbeat_survives_a_lost_database_connection(broker, settings):
             every=0.2,
         )
 
-    with rounds._heartbeat(run) as beating:
+    with round_attempts.run_heartbeat(run) as beating:
         beat_after(timezone.now())
         with connection.cursor() as cursor:
             cursor.execute(

@@ -26,7 +26,8 @@ from annotation.models import (
     TaskResponse,
     TrainingRun,
 )
-from annotation.services import rounds
+from annotation.selectors import round_data
+from annotation.services import round_attempts, round_stages, rounds
 from tests.annotation.loop_support import queued_run_ids, take_run_id
 from tests.factories import (
     ProjectFactory,
@@ -147,8 +148,8 @@ def test_the_ensemble_labels_the_share_humans_do_not_and_the_next_policy_trains_
     )
     loop = LoopSettings.of(project)
     first = _first_round(project, train_prompts=10)
-    _run_body(first, "generate", rounds._stage_generate, loop)
-    select = _run_body(first, "select", rounds._stage_select, loop)
+    _run_body(first, "generate", round_stages.stage_generate, loop)
+    select = _run_body(first, "select", round_stages.stage_select, loop)
 
     tasks = list(Task.objects.filter(project=project, round=1, purpose="label"))
     assert len(tasks) == 10  # one pair per prompt
@@ -195,7 +196,7 @@ def test_the_ensemble_labels_the_share_humans_do_not_and_the_next_policy_trains_
     wait_for_export_horizon()
 
     # The reward ensemble learns from human judgements only: no model label feeds it back.
-    human, _, count = rounds.human_pairs(project)
+    human, _, count = round_data.human_pairs(project)
     assert count == 5
     human_texts = {(p.chosen[0]["content"], p.rejected[0]["content"]) for p in human}
     assert not human_texts & favourites
@@ -205,7 +206,7 @@ def test_the_ensemble_labels_the_share_humans_do_not_and_the_next_policy_trains_
     # each with the ensemble's favourite as the chosen answer.
     Round.objects.filter(pk=first.pk).update(status=Round.Status.SUCCEEDED)
     second = rounds.round_start(project=project)
-    pairs, _ = rounds.policy_pairs(project, second)
+    pairs, _ = round_data.policy_pairs(project, second)
     trained = [(p.chosen[0]["content"], p.rejected[0]["content"]) for p in pairs]
     assert len(trained) == 10 and set(trained) == human_texts | favourites
     assert all(p.prompt[-1]["content"].startswith("train ") for p in pairs)
@@ -271,7 +272,7 @@ def test_a_model_published_before_a_crash_is_registered_from_its_manifest_not_re
         return train(*args, **kwargs)
 
     monkeypatch.setattr(training.reward, "train_reward_ensemble", counted)
-    register = rounds._register
+    register = round_attempts.version_register
 
     def crash_once(run, kind, *args, **kwargs):
         if kind == ModelVersion.Kind.REWARD and not crashed:
@@ -280,13 +281,13 @@ def test_a_model_published_before_a_crash_is_registered_from_its_manifest_not_re
         return register(run, kind, *args, **kwargs)
 
     crashed: list[int] = []
-    monkeypatch.setattr(rounds, "_register", crash_once)
+    monkeypatch.setattr(round_stages, "version_register", crash_once)  # where the stage finds it
 
     started = rounds.round_start(project=project)
     reward = started.runs.get(stage="reward")
     with pytest.raises(_Crash):
         rounds.stage_run(run_id=reward.pk)
-    published = rounds._artifact_root(project) / "round-1-reward"
+    published = round_attempts.artifact_root(project) / "round-1-reward"
     assert is_published(published) and len(trainings) == 1
     manifest = published / "manifest.json"
     written = manifest.stat().st_mtime_ns
@@ -329,8 +330,8 @@ def test_a_model_published_before_a_crash_is_registered_from_its_manifest_not_re
 
 def _stand_in_stages(monkeypatch):
     """Stages that do nothing: these tests are about which message goes where."""
-    for stage in rounds.STAGES:
-        monkeypatch.setitem(rounds.STAGE_BODIES, stage, lambda run, loop, progress: None)
+    for stage in round_stages.STAGES:
+        monkeypatch.setitem(round_stages.STAGE_BODIES, stage, lambda run, loop, progress: None)
 
 
 def test_a_gpu_project_sends_every_stage_message_to_the_gpu_queue(
@@ -360,7 +361,7 @@ def test_a_gpu_project_sends_every_stage_message_to_the_gpu_queue(
 
 @pytest.mark.django_db(transaction=True)  # the next stage is sent once the finish commits
 def test_a_next_stage_lost_to_a_broker_outage_is_sent_again_by_the_tick(broker, monkeypatch):
-    from annotation.tasks import run_round_stage
+    from annotation import jobs
 
     _stand_in_stages(monkeypatch)
     project = loop_project()
@@ -368,18 +369,20 @@ def test_a_next_stage_lost_to_a_broker_outage_is_sent_again_by_the_tick(broker, 
     runs = {r.stage: r.pk for r in started.runs.all()}
     assert take_run_id(broker) == runs["reward"]
 
-    send = run_round_stage.apply_async
+    send = jobs.enqueue
     refused = []
 
-    def broker_down_once(*args, **kwargs):
+    def broker_down_once(task_name, *args, **kwargs):
         if not refused:
-            refused.append(kwargs.get("args") or args)
+            refused.append((task_name, *args))
             raise OperationalError("Error 111 connecting to redis. Connection refused.")
-        return send(*args, **kwargs)
+        return send(task_name, *args, **kwargs)
 
-    monkeypatch.setattr(run_round_stage, "apply_async", broker_down_once)
+    monkeypatch.setattr(jobs, "enqueue", broker_down_once)
     assert rounds.stage_run(run_id=runs["reward"]) == TrainingRun.Status.SUCCEEDED
-    assert refused == [[runs["policy"]]]  # the policy stage's message was lost
+    assert refused == [
+        (jobs.RUN_ROUND_STAGE, runs["policy"])
+    ]  # the policy stage's message was lost
     assert broker.llen("cpu") == 0
     policy = TrainingRun.objects.get(pk=runs["policy"])
     assert policy.status == TrainingRun.Status.QUEUED
