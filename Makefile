@@ -9,7 +9,7 @@ PORT ?= 8000
 # `make demo DEMO_SETTINGS=webapp.settings.dev` gives a developer debug pages.
 DEMO_SETTINGS ?= webapp.settings.demo
 
-.PHONY: install demo demo-passwords test test-fast lint bench bench-training bench-loop migrate
+.PHONY: install demo demo-passwords test test-fast lint bench bench-images bench-training bench-loop migrate
 
 install: $(VENV)/.installed
 
@@ -57,9 +57,18 @@ lint: install
 	DJANGO_SETTINGS_MODULE=webapp.settings.dev $(PY) manage.py makemigrations --check --dry-run
 
 # Each prints its figures and ratios, writes JSON under bench/out/ and saves the result under
-# bench/results/<date>/ for committing (see README, Performance).
+# bench/results/<date>/ for committing (see README, Performance). `make bench` runs the web
+# benches: the pairwise loop and export, then the image ones (zip import of 10,000 image tasks,
+# pairwise and hallucination interleaved at 32 annotators, vision_pairs export of 100,000).
 bench: install
 	$(PY) -m bench.run_all --save-result
+
+# The image benches alone, as `make bench` runs them.
+bench-images: install
+	$(PY) -m bench.image_import --save-result --json bench/out/image_import.json
+	$(PY) -m bench.web_load --kind pairwise,hallucination --annotators 32 --ab-rounds 2 --save-result --json bench/out/web_load_kinds.json
+	$(PY) -m bench.web_export --kind hallucination --shape vision_pairs --judgements 100000 --save-result --json bench/out/web_export_vision_pairs.json
+	$(PY) -m bench.web_export --kind hallucination --shape vision_pairs --judgements 100000 --image-per-task --save-result --json bench/out/web_export_vision_pairs_per_task.json
 
 bench-training: install
 	$(PY) -m bench.oracle_loop --save-result --json bench/out/oracle_loop.json --plot bench/out/oracle_loop.png

@@ -1,10 +1,15 @@
-"""`make bench` for the web side: the annotation-loop load test and the export benchmark.
+"""`make bench` for the web side: the annotation-loop load test, the export benchmark and the
+image benches.
 
-Runs bench.web_load then bench.web_export, prints their tables and writes the combined figures to
-bench/out/web.json. Everything targets 127.0.0.1, uses only the throwaway database tandem_bench
-(``BENCH_DB``), and stops by itself (hard cap: --max-seconds, 600 by default). Each bench's part
-carries its own command, commit and idle share; --save-result copies each to
-bench/results/<date>/web_load.json and web_export.json, the files the README's figures cite.
+Runs bench.web_load, bench.web_export, bench.image_import (a zip of 10,000 image tasks), bench.web_load
+--kind pairwise,hallucination (both kinds interleaved at 32 annotators) and bench.web_export --kind
+hallucination --shape vision_pairs (100,000 judgements), prints their tables and writes the combined
+figures to bench/out/web.json. Everything targets 127.0.0.1, uses only the throwaway database
+tandem_bench (``BENCH_DB``), and stops by itself (hard cap: --max-seconds, 1,500 by default). Each
+bench's part carries its own command, commit and idle share; --save-result copies each to
+bench/results/<date>/: web_load.json and web_export.json (the README's pairwise figures),
+image_import.json, web_load_kinds.json, web_export_vision_pairs.json (8 images shared by the
+prompts) and web_export_vision_pairs_per_task.json (an image per prompt).
 
     .venv/bin/python -m bench.run_all [--quick | --smoke] [--out bench/out/web.json] [--save-result]
 """
@@ -15,11 +20,78 @@ import argparse
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench import common, web_export, web_load  # noqa: E402
+from bench import common, image_import, web_export, web_load, web_load_kinds  # noqa: E402
+
+# What each bench runs as, by mode: (file key, module name, extra arguments).
+_KINDS = ["--kind", "pairwise,hallucination"]
+_VISION = ["--kind", "hallucination", "--shape", "vision_pairs"]
+PLANS = {
+    "smoke": [
+        ("web_load", ["--smoke", "--max-seconds", "150"]),
+        # web_export has no --smoke of its own here: the same thing through its size flags.
+        ("web_export", ["--judgements", "2000", "--annotators", "4", "--max-export-s", "30",
+                        "--max-seconds", "120"]),
+        ("image_import", ["--smoke"]),
+        ("web_load_kinds", ["--smoke", *_KINDS, "--max-seconds", "150"]),
+        ("web_export_vision_pairs", [*_VISION, "--judgements", "2000", "--annotators", "4",
+                                     "--max-export-s", "30", "--max-seconds", "120"]),
+        ("web_export_vision_pairs_per_task", [*_VISION, "--image-per-task", "--judgements", "2000",
+                                              "--annotators", "4", "--max-export-s", "30",
+                                              "--max-seconds", "120"]),
+    ],
+    "quick": [
+        ("web_load", ["--seconds", "5", "--warmup", "1", "--tasks", "20000", "--workers", "{workers}",
+                      "--max-seconds", "150"]),
+        ("web_export", ["--judgements", "100000", "--max-export-s", "60", "--max-seconds", "150"]),
+        ("image_import", ["--tasks", "1000,1000:640x480:jpeg", "--max-seconds", "150"]),
+        ("web_load_kinds", [*_KINDS, "--seconds", "5", "--warmup", "1", "--tasks", "20000",
+                            "--images", "200", "--max-seconds", "200"]),
+        ("web_export_vision_pairs", [*_VISION, "--max-export-s", "60", "--max-seconds", "150"]),
+        ("web_export_vision_pairs_per_task", [*_VISION, "--image-per-task", "--max-export-s", "60",
+                                              "--max-seconds", "150"]),
+    ],
+    "full": [
+        ("web_load", ["--seconds", "20", "--warmup", "3", "--workers", "{workers}",
+                      "--max-seconds", "250"]),
+        ("web_export", ["--max-export-s", "240", "--max-seconds", "330"]),
+        # 1,000 and 10,000 tasks of small pictures, 1,000 of photo-sized ones (see image_import).
+        ("image_import", ["--max-seconds", "300"]),
+        # Pairwise and hallucination at 32 annotators, interleaved twice (A/B/A/B).
+        ("web_load_kinds", [*_KINDS, "--annotators", "32", "--seconds", "20", "--warmup", "3",
+                            "--ab-rounds", "2", "--max-seconds", "480"]),
+        # 8 images shared by all prompts, then one image per prompt: the same rows, two plans.
+        ("web_export_vision_pairs", [*_VISION, "--judgements", "100000", "--max-export-s", "120",
+                                     "--max-seconds", "200"]),
+        ("web_export_vision_pairs_per_task", [*_VISION, "--image-per-task", "--judgements",
+                                              "100000", "--max-export-s", "120",
+                                              "--max-seconds", "200"]),
+    ],
+}  # fmt: skip
+_MODULES = {
+    "web_load": ("web_load", web_load),
+    "web_export": ("web_export", web_export),
+    "image_import": ("image_import", image_import),
+    "web_load_kinds": ("web_load", web_load),
+    "web_export_vision_pairs": ("web_export", web_export),
+    "web_export_vision_pairs_per_task": ("web_export", web_export),
+}
+
+
+def _plan(args: argparse.Namespace) -> list[tuple[str, str, Any, list[str]]]:
+    mode = "smoke" if args.smoke else "quick" if args.quick else "full"
+    plan = []
+    for key, extra in PLANS[mode]:
+        extra = [args.workers or "sync" if x == "{workers}" else x for x in extra]
+        if args.smoke and args.workers and key == "web_load":
+            extra += ["--workers", args.workers]
+        name, module = _MODULES[key]
+        plan.append((key, name, module, extra))
+    return plan
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -36,87 +108,52 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--smoke",
         action="store_true",
-        help="seconds, not minutes: web_load --smoke and a 2,000-judgement export (checks both run)",
+        help="seconds, not minutes: each bench's smoke size (checks they all run)",
     )
     p.add_argument("--out", type=Path, default=common.REPO / "bench" / "out" / "web.json")
     p.add_argument(
         "--workers", default=None, help="web_load server configs, e.g. sync,gthread (default: sync)"
     )
-    p.add_argument("--max-seconds", type=float, default=600, help="hard cap for everything")
+    p.add_argument("--max-seconds", type=float, default=1500, help="hard cap for everything")
     common.add_record_args(p)
     args = p.parse_args(argv)
 
     started = time.monotonic()
-    if args.smoke:
-        load_args = ["--smoke", "--max-seconds", "150"]
-        if args.workers:
-            load_args += ["--workers", args.workers]
-        # web_export has no --smoke of its own: the same thing through its size flags.
-        export_args = ["--judgements", "2000", "--annotators", "4", "--max-export-s", "30"]
-        export_args += ["--max-seconds", "120"]
-    elif args.quick:
-        load_args = [
-            "--seconds",
-            "5",
-            "--warmup",
-            "1",
-            "--tasks",
-            "20000",
-            "--workers",
-            args.workers or "sync",
-            "--max-seconds",
-            "150",
-        ]
-        export_args = ["--judgements", "100000", "--max-export-s", "60", "--max-seconds", "150"]
-    else:
-        load_args = [
-            "--seconds",
-            "20",
-            "--warmup",
-            "3",
-            "--workers",
-            args.workers or "sync",
-            "--max-seconds",
-            "250",
-        ]
-        export_args = ["--max-export-s", "240", "--max-seconds", "330"]
-
+    plan = _plan(args)
     results: dict = {"quick": args.quick, "smoke": args.smoke}
     failures = []
     with (
         common.RunMeter(db=common.BENCH_DB) as whole,
         common.deadline_guard(args.max_seconds, "run_all"),
     ):
-        for name, module, extra in (
-            ("web_load", web_load, load_args),
-            ("web_export", web_export, export_args),
-        ):
-            print(f"== {name} {' '.join(extra)}", flush=True)
+        for key, name, module, extra in plan:
+            print(f"== {key}: {name} {' '.join(extra)}", flush=True)
             t0 = time.monotonic()
             figures: dict = {}
             with common.RunMeter(db=common.BENCH_DB) as meter:
                 try:
-                    if module is web_load:
-                        ns, extra = web_load.parse(extra)
-                    else:
-                        ns = module.parser().parse_args(extra)
-                    with common.deadline_guard(ns.max_seconds, name):
+                    ns, extra = module.parse(extra)
+                    with common.deadline_guard(ns.max_seconds, key):
                         module.run(ns, figures)
                 except Exception as exc:  # noqa: BLE001 - keep what finished, go on to the next bench
-                    failures.append(f"{name}: {type(exc).__name__}: {exc}")
+                    failures.append(f"{key}: {type(exc).__name__}: {exc}")
                     figures["error"] = str(exc)
                     common.drop_db()
             figures["wall_s"] = round(time.monotonic() - t0, 1)
-            results[name] = common.record(
+            # `name` is the module (the command that reproduces it); `key` the file it is saved
+            # as: web_load.json keeps the README's pairwise figures, the kinds' A/B its own file.
+            results[key] = common.record(
                 name,
                 extra,
                 meter,
                 figures,
                 json_path=None,
-                save=args.save_result and "error" not in figures,
+                save=False,
                 smoke=args.smoke,
                 run_by="bench.run_all " + " ".join(argv if argv is not None else sys.argv[1:]),
             )
+            if args.save_result and "error" not in figures:
+                common.save_result(key, results[key], smoke=args.smoke)
             # deadline_guard nesting: re-arm the outer cap for what is left of it
             common.signal_alarm_left(args.max_seconds - (time.monotonic() - started))
 
@@ -128,6 +165,21 @@ def main(argv: list[str] | None = None) -> int:
         print("=" * 30, "web_export", "=" * 30)
         print(common.provenance_header(results["web_export"]))
         print(web_export.report(results["web_export"]))
+    if results.get("image_import", {}).get("imports"):
+        print("=" * 30, "image_import", "=" * 30)
+        print(common.provenance_header(results["image_import"]))
+        print(image_import.report(results["image_import"]))
+    if results.get("web_load_kinds", {}).get("runs"):
+        print("=" * 30, "web_load --kind pairwise,hallucination", "=" * 30)
+        print(web_load_kinds.report(results["web_load_kinds"]))
+    for key, images in (
+        ("web_export_vision_pairs", "8 shared images"),
+        ("web_export_vision_pairs_per_task", "--image-per-task"),
+    ):
+        if "export" in results.get(key, {}):
+            print("=" * 30, " ".join(["web_export", *_VISION]), f"({images})", "=" * 30)
+            print(common.provenance_header(results[key]))
+            print(web_export.report(results[key]))
     results["failures"] = failures
     results["wall_s"] = round(time.monotonic() - started, 1)
     results = (

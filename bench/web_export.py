@@ -19,6 +19,9 @@ apart, with their source and date.
 
     .venv/bin/python -m bench.web_export [--judgements 1000000] [--overlap 2] [--save-result]
     .venv/bin/python -m bench.web_export --smoke    # seconds: 2,000 judgements, 4 annotators
+    .venv/bin/python -m bench.web_export --kind hallucination [--shape vision_pairs]  # 100,000
+
+``--kind hallucination``: a hallucination project's judgements instead (bench.web_export_vision).
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ import argparse
 import http.client
 import json
 import re
+import shutil
 import sys
 import threading
 import time
@@ -36,12 +40,14 @@ from typing import Any
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench import common  # noqa: E402
+from bench import common, web_export_vision  # noqa: E402
 from bench.common import Server  # noqa: E402
 
 # The report lives in its own module; run_all and the tests find it here, as before the split.
 from bench.web_export_report import ANCHORS, TARGETS, comparison, report  # noqa: E402, F401
 
+# The default shape of each kind's export bench.
+SHAPES = {"pairwise": "pairs", "hallucination": "vision_pairs"}
 SMOKE = ["--judgements", "2000", "--annotators", "4", "--max-export-s", "30",
          "--max-seconds", "120"]  # fmt: skip
 
@@ -201,8 +207,9 @@ def stream_export(
     since: str | None = None,
     collect_ids: bool = True,
     timeout: float = 400,
+    shape: str = "pairs",
 ) -> dict[str, Any]:
-    path = f"/api/v1/projects/{project}/export?shape=pairs"
+    path = f"/api/v1/projects/{project}/export?shape={shape}"
     if since:
         path += f"&since={since}"
     conn = http.client.HTTPConnection(common.HOST, port, timeout=timeout)
@@ -273,10 +280,36 @@ def stream_export(
 def run(args: argparse.Namespace, result: dict[str, Any] | None = None) -> dict[str, Any]:
     """Fills `result` as it goes, so a caller that hits a time cap still has what finished."""
     result = result if result is not None else {}
+    shape = args.shape
+    if args.kind != "pairwise":
+        result["kind"], result["shape"] = args.kind, shape
     t0 = time.perf_counter()
     common.fresh_db()
-    env = common.server_env()
-    setup = common.setup_project(env=env, annotators=args.annotators, overlap=args.overlap)
+    media = None
+    if args.kind == "pairwise":
+        env = common.server_env()
+        setup = common.setup_project(env=env, annotators=args.annotators, overlap=args.overlap)
+    else:
+        env, setup, media = web_export_vision.setup(args)
+    try:
+        _build(args, result, env, setup, shape, t0)
+        _measure(args, result, env, setup, shape, t0)
+    finally:
+        if media is not None:
+            shutil.rmtree(media, ignore_errors=True)
+    if not args.keep_db:
+        common.drop_db()
+    return result
+
+
+def _build(
+    args: argparse.Namespace,
+    result: dict[str, Any],
+    env: dict[str, str],
+    setup: dict[str, Any],
+    shape: str,
+    t0: float,
+) -> None:
     with common.pg_connect() as conn:
         ids = [
             r[0]
@@ -286,13 +319,26 @@ def run(args: argparse.Namespace, result: dict[str, Any] | None = None) -> dict[
         ]
     result["setup_s"] = round(time.perf_counter() - t0, 1)
     print(f"[web_export] building {args.judgements:,} judgements ...", flush=True)
-    result["data"] = build_data(
-        setup["project"], ids, args.judgements, args.overlap, args.tie_every
-    )
+    if args.kind == "pairwise":
+        result["data"] = build_data(
+            setup["project"], ids, args.judgements, args.overlap, args.tie_every
+        )
+    else:
+        result["data"] = web_export_vision.build(args, env, setup["project"], ids, shape)
     print(
         f"[web_export] built in {result['data']['seconds']} s ({result['data']['db_mb']} MB)",
         flush=True,
     )
+
+
+def _measure(
+    args: argparse.Namespace,
+    result: dict[str, Any],
+    env: dict[str, str],
+    setup: dict[str, Any],
+    shape: str,
+    t0: float,
+) -> None:
     server = Server(env=env, workers=1, worker_class="sync", timeout=args.worker_timeout)
     with server:
         result["server"] = server.description + f" (--timeout {args.worker_timeout})"
@@ -306,12 +352,19 @@ def run(args: argparse.Namespace, result: dict[str, Any] | None = None) -> dict[
         # Leave room under the hard cap for the second export and the clean-up.
         budget = min(args.max_export_s, args.max_seconds - (time.perf_counter() - t0) - 40)
         with common.CpuMeter(server.proc.pid) as cpu:
-            first = stream_export(server.port, token, setup["project"], timeout=max(10.0, budget))
+            first = stream_export(
+                server.port, token, setup["project"], timeout=max(10.0, budget), shape=shape
+            )
         sampler.stop()
         final = common.proc_status(worker)
         second = (
             stream_export(
-                server.port, token, setup["project"], since=first["cursor"], collect_ids=False
+                server.port,
+                token,
+                setup["project"],
+                since=first["cursor"],
+                collect_ids=False,
+                shape=shape,
             )
             if first["complete"]
             else {"rows": None, "cursor": None}
@@ -346,9 +399,6 @@ def run(args: argparse.Namespace, result: dict[str, Any] | None = None) -> dict[
         "second_export_since_echoed": second.get("since_header") == first["cursor"],
         "cursor": first["cursor"],
     }
-    if not args.keep_db:
-        common.drop_db()
-    return result
 
 
 def parser() -> argparse.ArgumentParser:
@@ -358,8 +408,17 @@ def parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument(
-        "--judgements", type=int, default=1_000_000, help="judgements to build (default 1000000)"
+        "--judgements",
+        type=int,
+        default=None,
+        help="judgements to build (default 1000000; 100000 with --kind hallucination)",
     )
+    p.add_argument("--kind", choices=sorted(SHAPES), default="pairwise", help="project's kind")
+    p.add_argument(
+        "--shape", help="export shape (default: pairs, or vision_pairs for hallucination)"
+    )
+    p.add_argument("--images", type=int, default=8, help="hallucination: stored images (8)")
+    p.add_argument("--image-per-task", action="store_true", help="hallucination: an image each")
     p.add_argument("--overlap", type=int, default=2, help="judgements per task (default 2)")
     p.add_argument(
         "--annotators", type=int, default=50, help="annotators the judgements spread over"
@@ -389,7 +448,14 @@ def parse(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[str]]
     """The arguments, with --smoke expanded into its sizes (later flags still win)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     effective = (SMOKE + argv) if "--smoke" in argv else argv
-    return parser().parse_args(effective), effective
+    args = parser().parse_args(effective)
+    if args.judgements is None:
+        args.judgements = 1_000_000 if args.kind == "pairwise" else 100_000
+    args.shape = args.shape or SHAPES[args.kind]
+    allowed = ["pairs"] if args.kind == "pairwise" else sorted(web_export_vision.EXPECTED_ROWS)
+    if args.shape not in allowed:
+        raise SystemExit(f"--shape: {args.kind} takes {', '.join(allowed)}")
+    return args, effective
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -409,9 +475,13 @@ def main(argv: list[str] | None = None) -> int:
         meter,
         result,
         json_path=args.json,
-        save=args.save_result,
+        save=args.save_result and args.kind == "pairwise",
         smoke=args.smoke,
     )
+    if args.save_result and args.kind != "pairwise":
+        # Its own file: web_export.json holds the README's pairs figures.
+        suffix = "_per_task" if args.image_per_task else ""
+        common.save_result(f"web_export_{args.shape}{suffix}", result, smoke=args.smoke)
     print()
     print(common.provenance_header(result))
     print(report(result) if "export" in result else f"!! no export figures: {result}")

@@ -40,16 +40,22 @@ TARGETS = {"rows_s": 50_000, "first_byte_s": 0.200}
 
 def report(result: dict[str, Any]) -> str:
     e, m, x, d = result["export"], result["memory"], result["exactness"], result["data"]
+    shape = result.get("shape", "pairs")
+    exported = "decisive A/B" if shape == "pairs" else f"exported by {shape}"
+    images = f", {d['images']:,} stored images" if d.get("images") else ""
+    if d.get("image_per_task"):
+        images = ", an image row per task"
     lines = [
-        f"Data: {d['judgements']:,} judgements ({d['decisive']:,} decisive A/B) on {d['tasks']:,} tasks, "
-        f"overlap {d['overlap']}, built by SQL in {d['seconds']} s; DB {d['db_mb']} MB",
+        f"Data: {d['judgements']:,} {d['kind'] + ' ' if d.get('kind') else ''}judgements ({d['decisive']:,} "
+        f"{exported}{images}) on {d['tasks']:,} tasks, overlap {d['overlap']}, built by SQL in "
+        f"{d['seconds']} s; DB {d['db_mb']} MB",
         f"Server: {result['server']}",
         "",
     ]
     lines.append(
         table(
             [
-                "export ?shape=pairs",
+                f"export ?shape={shape}",
                 "rows",
                 "seconds",
                 "rows/s",
@@ -154,13 +160,21 @@ def comparison(result: dict[str, Any]) -> str:
             ),
         ],
     ]
+    shape = result.get("shape", "pairs")
+    ours_table = table(
+        ["figure", "Tandem (this run)", "target", "verdict"],
+        ours,
+        title="This run against the targets:"
+        if shape == "pairs"
+        else f"This run against the targets (shape={shape}; rows/s "
+        f"{common.ratio(e['rows_per_s'], TARGETS['rows_s'])} the target):",
+    )
+    if shape != "pairs":
+        # The external figures are exports of pairwise data: no reference for this shape.
+        return ours_table
     return "\n".join(
         [
-            table(
-                ["figure", "Tandem (this run)", "target", "verdict"],
-                ours,
-                title="This run against the targets:",
-            ),
+            ours_table,
             "",
             table(
                 [

@@ -19,6 +19,10 @@ The report starts with the setup it ran and the commit, the command and how idle
 
     .venv/bin/python -m bench.web_load [--annotators 1,32] [--seconds 20] [--workers sync,gthread]
     .venv/bin/python -m bench.web_load --smoke      # seconds: 2 annotators x 2 s over 2,000 tasks
+    .venv/bin/python -m bench.web_load --kind pairwise,hallucination   # both kinds, A/B at 32
+
+``--kind`` (bench.web_load_kinds) sets up a project per kind and runs them interleaved; without
+it the bench is the pairwise one above, its output unchanged.
 """
 
 from __future__ import annotations
@@ -70,6 +74,10 @@ SMOKE = ["--annotators", "1,2", "--seconds", "2", "--warmup", "0.5", "--tasks", 
 
 def run(args: argparse.Namespace, result: dict[str, Any] | None = None) -> dict[str, Any]:
     """Fills `result` as it goes, so a caller that hits a time cap still has the finished runs."""
+    if args.kind != "pairwise":
+        from bench import web_load_kinds
+
+        return web_load_kinds.run(args, result if result is not None else {})
     counts = [int(x) for x in args.annotators.split(",") if x]
     configs = [c.strip() for c in args.workers.split(",") if c.strip()]
     result = result if result is not None else {}
@@ -223,7 +231,11 @@ def parser() -> argparse.ArgumentParser:
         description=__doc__.split("\n\n")[0],
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--annotators", default="1,32", help="comma-separated N values (default 1,32)")
+    p.add_argument(
+        "--annotators",
+        default=None,
+        help="comma-separated N values (default 1,32; 32 with --kind)",
+    )
     p.add_argument(
         "--seconds", type=float, default=20.0, help="measured seconds per N (default 20)"
     )
@@ -251,6 +263,32 @@ def parser() -> argparse.ArgumentParser:
         default=common.BENCH_BROKER,
         help="Redis database of the Celery worker; flushed first (default $BENCH_BROKER or %(default)s)",
     )
+    p.add_argument(
+        "--kind",
+        default="pairwise",
+        help="pairwise (the default, as the README's figures), hallucination, or both "
+        "comma-separated: one project per kind, the runs interleaved (see bench.web_load_kinds)",
+    )
+    p.add_argument(
+        "--ab-rounds",
+        type=int,
+        default=2,
+        help="with --kind: how many times each kind runs per N, interleaved (default 2)",
+    )
+    p.add_argument(
+        "--image-fetch",
+        choices=["browser", "none", "both"],
+        default="both",
+        help="with --kind hallucination: annotators fetch each leased image as a browser would "
+        "(browser), never (none: the lease-and-submit loop alone), or both, as two variants "
+        "interleaved (default both)",
+    )
+    p.add_argument(
+        "--images",
+        type=int,
+        default=1000,
+        help="with --kind hallucination: distinct images uploaded once (default 1000)",
+    )
     p.add_argument("--keep-db", action="store_true", help="leave tandem_bench in place for EXPLAIN")
     p.add_argument("--json", type=Path, help="also write the figures here")
     p.add_argument("--max-seconds", type=float, default=480, help="hard cap for the whole run")
@@ -267,7 +305,14 @@ def parse(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[str]]
     """The arguments, with --smoke expanded into its sizes (later flags still win)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     effective = (SMOKE + argv) if "--smoke" in argv else argv
-    return parser().parse_args(effective), effective
+    args = parser().parse_args(effective)
+    if args.kind != "pairwise" and "--smoke" in argv:
+        # 50 images and one round: the smoke checks the kinds' path runs, in seconds.
+        effective = SMOKE + ["--images", "50", "--ab-rounds", "1"] + argv
+        args = parser().parse_args(effective)
+    if args.annotators is None:
+        args.annotators = "1,32" if args.kind == "pairwise" else "32"
+    return args, effective
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -281,16 +326,25 @@ def main(argv: list[str] | None = None) -> int:
             result["error"] = str(exc)
             print(f"!! {exc}: printing the runs that finished", flush=True)
             common.drop_db()
+    kinds = args.kind != "pairwise"
     result = common.record(
         "web_load",
         effective,
         meter,
         result,
         json_path=args.json,
-        save=args.save_result,
+        save=args.save_result and not kinds,
         smoke=args.smoke,
     )
     print()
+    if kinds:
+        from bench import web_load_kinds
+
+        # Its own file: web_load.json holds the README's pairwise figures.
+        if args.save_result:
+            common.save_result("web_load_kinds", result, smoke=args.smoke)
+        print(web_load_kinds.report(result))
+        return 1 if result.get("error") else 0
     print(report(result))
     return 1 if result.get("error") else 0
 

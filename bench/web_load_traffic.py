@@ -10,7 +10,7 @@ import uuid
 from collections import Counter
 from typing import Any
 
-from bench import common
+from bench import common, vision_data
 from bench.common import Client, percentile
 
 
@@ -42,11 +42,12 @@ def jsonl_tasks(n: int) -> bytes:
 
 
 def import_tasks(
-    port: int, token: str, project: int, n: int, *, timeout: float = 300
+    port: int, token: str, project: int, n: int, *, timeout: float = 300, body: bytes | None = None
 ) -> dict[str, Any]:
-    """POSTs the JSONL and, when the server queued it (202), polls the job until it is done:
-    the time is from the first byte sent to the tasks being in the database either way."""
-    body = jsonl_tasks(n)
+    """POSTs the JSONL (`body`, pairwise tasks by default) and, when the server queued it (202),
+    polls the job until it is done: the time is from the first byte sent to the tasks being in the
+    database either way."""
+    body = jsonl_tasks(n) if body is None else body
     client = Client(port, token, timeout=timeout)
     t0 = time.perf_counter()
     status, payload = _post_raw(client, f"/api/v1/projects/{project}/imports", body)
@@ -95,8 +96,18 @@ class Annotator(threading.Thread):
         project: int,
         start_evt: threading.Event,
         window: tuple[float, float],
+        kind: str = "pairwise",
+        fetch_images: bool = True,
     ):
         super().__init__(daemon=True)
+        # A hallucination annotator marks spans in the leased texts and, unless told not to,
+        # fetches the leased task's image as its browser would (bench.vision_data.ImageCache).
+        self.kind = kind
+        self.vision = kind == "hallucination"
+        self.images = vision_data.ImageCache() if self.vision and fetch_images else None
+        self.image_lat: list[float] = []
+        self.judged = 0
+        self.t_submit = 0.0
         self.client = Client(port, token, timeout=60)
         self.project = project
         self.start_evt = start_evt
@@ -137,6 +148,8 @@ class Annotator(threading.Thread):
                 time.sleep(0.01)
                 continue
             self.tasks.append(body["task"]["id"])
+            if self.vision:
+                answer = self._look(body["task"], counted)
             try:
                 status, _ = self.client.call(
                     "POST",
@@ -152,10 +165,24 @@ class Annotator(threading.Thread):
                 self.errors[f"judgement {status}"] += 1
                 continue
             if counted:
-                self.judge_lat.append(t2 - t1)
+                self.judge_lat.append(t2 - self.t_submit if self.vision else t2 - t1)
                 if t2 <= end:
                     self.loops += 1
         self.client.close()
+
+    def _look(self, task: dict[str, Any], counted: bool) -> dict[str, Any]:
+        """What the annotator's browser does between the lease and the submit: fetch the image
+        (its own request, cached), then the judgement built from the leased texts. Image time is
+        counted apart from the lease and the submit; the loop's time includes it."""
+        url = (task.get("image") or {}).get("url")
+        if url and self.images is not None:
+            before = len(self.images.fetches)
+            self.images.get(self.client, url, time.perf_counter)
+            if counted and len(self.images.fetches) > before:
+                self.image_lat.append(self.images.fetches[-1])
+        self.t_submit = time.perf_counter()
+        self.judged += 1
+        return vision_data.judgement(task, self.judged)
 
 
 def drive(
@@ -166,11 +193,15 @@ def drive(
     seconds: float,
     warmup: float,
     server_pid: int | None = None,
+    kind: str = "pairwise",
+    fetch_images: bool = True,
 ) -> dict[str, Any]:
     start_evt = threading.Event()
     t_start = time.perf_counter() + 0.2
     window = (t_start + warmup, t_start + warmup + seconds)
-    threads = [Annotator(port, tokens[i], project, start_evt, window) for i in range(n)]
+    threads = [
+        Annotator(port, tokens[i], project, start_evt, window, kind, fetch_images) for i in range(n)
+    ]
     for t in threads:
         t.start()
     while time.perf_counter() < t_start:
@@ -188,20 +219,40 @@ def drive(
     for t in threads:
         errors.update(t.errors)
     seen: Counter = Counter(task for t in threads for task in t.tasks)
+    images = _image_figures(threads) if kind != "pairwise" else {}
+    return (
+        images
+        | {
+            "annotators": n,
+            "seconds": seconds,
+            "loops": loops,
+            "loops_per_s": round(loops / seconds, 1),
+            "lease_ms": _pcts(lease),
+            "judgement_ms": _pcts(judge),
+            "errors": sum(errors.values()),
+            "error_kinds": dict(errors),
+            "empty_queue": sum(t.empty for t in threads),
+            "client_seen_twice": sum(1 for c in seen.values() if c > 1),
+            "still_running": sum(1 for t in threads if t.is_alive()),
+            "cpu_cores_used": cpu.result,
+        }
+        | _cpu_cost(cpu.result, loops, seconds)
+    )
+
+
+def _image_figures(threads: list[Annotator]) -> dict[str, Any]:
+    """The image requests of a hallucination run, apart from the loop's lease and submit."""
+    caches = [t.images for t in threads if t.images is not None]
     return {
-        "annotators": n,
-        "seconds": seconds,
-        "loops": loops,
-        "loops_per_s": round(loops / seconds, 1),
-        "lease_ms": _pcts(lease),
-        "judgement_ms": _pcts(judge),
-        "errors": sum(errors.values()),
-        "error_kinds": dict(errors),
-        "empty_queue": sum(t.empty for t in threads),
-        "client_seen_twice": sum(1 for c in seen.values() if c > 1),
-        "still_running": sum(1 for t in threads if t.is_alive()),
-        "cpu_cores_used": cpu.result,
-    } | _cpu_cost(cpu.result, loops, seconds)
+        "kind": threads[0].kind if threads else None,
+        "image_requests_sent": bool(caches),
+        "image_ms": _pcts([x for t in threads for x in t.image_lat]),
+        "image_requests": sum(len(c.fetches) for c in caches),
+        "image_cache_hits": sum(c.hits for c in caches),
+        "image_not_modified": sum(c.not_modified for c in caches),
+        "image_errors": sum(c.errors for c in caches),
+        "image_bytes": sum(c.bytes for c in caches),
+    }
 
 
 def _cpu_cost(cpu: dict[str, Any], loops: int, seconds: float) -> dict[str, Any]:

@@ -8,11 +8,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from django.contrib.auth.models import AbstractUser
+from django.db import connection
 from django.db.models import Avg, Count, OuterRef, Q, QuerySet, Subquery, Sum
+from django.db.models.expressions import RawSQL
 from django.utils import timezone
 
 from ..errors import Forbidden, NotFound
-from ..kinds import kind_for
+from ..kinds import kind_for, registered
 from ..models import (
     ApiToken,
     Assignment,
@@ -69,6 +71,12 @@ def access_project(
     return project, role
 
 
+_RESPONSE_TEXTS_SQL = """CASE WHEN "annotation_task"."kind" = ANY(%s) THEN (
+    SELECT array_agg(r.text ORDER BY s.position) FROM annotation_taskresponse s
+    JOIN annotation_response r ON r.id = s.response_id
+    WHERE s.task_id = "annotation_assignment"."task_id") END"""
+
+
 def access_assignment(*, user: AbstractUser, assignment_id: int) -> Assignment:
     """The caller's own assignment, while they may still annotate in its project.
 
@@ -79,12 +87,17 @@ def access_assignment(*, user: AbstractUser, assignment_id: int) -> Assignment:
     member_role = Membership.objects.filter(project=OuterRef("project_id"), user=user).values(
         "role"
     )[:1]
-    assignment = (
-        Assignment.objects.select_related("task", "project")
-        .annotate(member_role=Subquery(member_role))
-        .filter(pk=assignment_id, annotator=user)
-        .first()
+    assignments = Assignment.objects.select_related("task", "project").annotate(
+        member_role=Subquery(member_role)
     )
+    reading_texts = [kind.name for kind in registered() if kind.needs_response_texts]
+    if reading_texts and connection.vendor == "postgresql":
+        # Kinds whose payload names places in the texts (spans) get them in this same query; the
+        # CASE leaves every other kind's submit without the subquery.
+        assignments = assignments.annotate(
+            response_texts=RawSQL(_RESPONSE_TEXTS_SQL, [reading_texts])
+        )
+    assignment = assignments.filter(pk=assignment_id, annotator=user).first()
     if assignment is None:
         raise NotFound("assignment not found")
     if user.is_staff:
@@ -162,7 +175,8 @@ def task_view(*, task: Task, project: Project | None = None) -> TaskView:
         ],
         extras=kind.task_extras(
             project_id=project.pk,
-            image=prompt_image(prompt.image),
+            # The lease query already read the image's facts; other callers look them up.
+            image=getattr(prompt, "image_facts", None) or prompt_image(prompt.image),
             context=prompt.context or {},
             settings=kind.settings_of(project.kind_settings),
         ),

@@ -266,7 +266,10 @@ def _sql_blocks(
             return
         # Sent in slices so a large page never sits in memory twice (as rows and as one string).
         for offset in range(0, len(page), _BLOCK):
-            yield "\n".join(row[2] for row in page[offset : offset + _BLOCK]) + "\n"
+            # A shape's SQL yields NULL for a row it cannot build (as `row` returns None).
+            lines = [row[2] for row in page[offset : offset + _BLOCK] if row[2] is not None]
+            if lines:
+                yield "\n".join(lines) + "\n"
         if len(page) < limit:
             return
         position, limit = Position(page[-1][0], page[-1][1]), chunk

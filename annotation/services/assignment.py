@@ -75,6 +75,11 @@ _OPEN_TO_ANNOTATOR = """t.project_id = %(project)s AND NOT t.is_complete
       AND NOT EXISTS (
           SELECT 1 FROM annotation_assignment a WHERE a.task_id = t.id AND a.annotator_id = %(annotator)s
       )"""
+# The prompt's image ref with its stored facts, "sha256:<hex>|<format>|<width>|<height>", read in the
+# lease's own round trip (a primary-key probe, and none at all for prompts without an image).
+_IMAGE_FACTS = """CASE WHEN p.image = '' THEN '' ELSE p.image || COALESCE((
+           SELECT '|' || i.format || '|' || i.width || '|' || i.height FROM annotation_image i
+           WHERE i.sha256 = substr(p.image, 8)), '') END"""
 _LEASE_SQL = f"""
 WITH held AS (
     SELECT a.id, a.task_id, a.leased_at, a.expires_at FROM annotation_assignment a
@@ -103,14 +108,14 @@ WITH held AS (
 )
 SELECT false, head.id, leased.id, counted.prompt_id, counted.kind, counted.round, counted.priority,
        counted.overlap, counted.judgement_count, counted.live_leases, counted.next_lease_expiry, counted.purpose,
-       p.messages, p.image, p.context, %(now)s, %(expires)s
+       p.messages, {_IMAGE_FACTS}, p.context, %(now)s, %(expires)s
 FROM head
 LEFT JOIN leased ON true
 LEFT JOIN counted ON true
 LEFT JOIN annotation_prompt p ON p.id = counted.prompt_id
 UNION ALL
 SELECT true, t.id, held.id, t.prompt_id, t.kind, t.round, t.priority, t.overlap, t.judgement_count,
-       t.live_leases, t.next_lease_expiry, t.purpose, p.messages, p.image, p.context, held.leased_at,
+       t.live_leases, t.next_lease_expiry, t.purpose, p.messages, {_IMAGE_FACTS}, p.context, held.leased_at,
        held.expires_at
 FROM held
 JOIN annotation_task t ON t.id = held.task_id
@@ -185,9 +190,18 @@ def _lease_in_one_statement(
         id=head_id, project=project, prompt_id=prompt_id, kind=kind, round=round_, priority=priority,
         overlap=overlap, judgement_count=judged, live_leases=live, next_lease_expiry=next_expiry, purpose=purpose,
     )  # fmt: skip
+    ref, *facts = (image or "").split("|")
     task.prompt = Prompt(
-        id=prompt_id, project=project, messages=messages, image=image or "", context=context or {}
+        id=prompt_id, project=project, messages=messages, image=ref, context=context or {}
     )
+    if len(facts) == 3:
+        # What selectors.prompt_image would read again: the view takes it from here.
+        task.prompt.image_facts = {
+            "sha256": ref.removeprefix("sha256:"),
+            "format": facts[0],
+            "width": int(facts[1]),
+            "height": int(facts[2]),
+        }
     task._state.adding = task.prompt._state.adding = False
     assignment = Assignment(
         id=assignment_id, task=task, annotator=annotator, project=project, status=Assignment.Status.LEASED,

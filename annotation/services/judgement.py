@@ -133,8 +133,12 @@ def _task_context(kind: Kind, assignment: Assignment) -> TaskContext:
         return TaskContext()
     responses: tuple[str, ...] = ()
     if kind.needs_response_texts:
+        # selectors.access_assignment reads them with the assignment on Postgres.
+        preloaded = getattr(assignment, "response_texts", None)
         responses = tuple(
-            TaskResponse.objects.filter(task_id=assignment.task_id)
+            preloaded
+            if preloaded is not None
+            else TaskResponse.objects.filter(task_id=assignment.task_id)
             .order_by("position")
             .values_list("response__text", flat=True)
         )

@@ -66,8 +66,9 @@ def _check_provenance(data: dict, bench: str) -> None:
 
 
 def test_run_all_smoke(tmp_path):
-    """`make bench --smoke` end to end: `web_load --smoke` then a 2,000-judgement web_export, each
-    with its own provenance (one test for both: a web bench's setup is most of its time)."""
+    """`make bench --smoke` end to end: `web_load --smoke` then a 2,000-judgement web_export, then
+    the image benches' smokes, each with its own provenance (one test for all: a web bench's
+    setup is most of its time; tests/bench/test_bench_images.py checks the image benches' figures)."""
     out = tmp_path / "web.json"
     proc = subprocess.run(
         [sys.executable, "-m", "bench.run_all", "--smoke", "--out", str(out)],
@@ -75,7 +76,7 @@ def test_run_all_smoke(tmp_path):
         env=_env(),
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=480,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     data = json.loads(out.read_text())
@@ -96,6 +97,13 @@ def test_run_all_smoke(tmp_path):
     assert load["db_final"]["judgements"] == load["db_final"]["assignments"] > 0
     assert data["web_export"]["export"]["rows"] > 0
     assert "External reference (not measured in this run" in proc.stdout
+    # The image benches ran too, under the module that reproduces each.
+    _check_provenance(data["image_import"], "image_import")
+    _check_provenance(data["web_load_kinds"], "web_load")
+    _check_provenance(data["web_export_vision_pairs"], "web_export")
+    _check_provenance(data["web_export_vision_pairs_per_task"], "web_export")
+    assert data["web_load_kinds"]["kinds"] == ["pairwise", "hallucination"]
+    assert data["web_export_vision_pairs"]["shape"] == "vision_pairs"
 
 
 def test_web_export_smoke(tmp_path):
