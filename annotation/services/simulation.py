@@ -1,19 +1,24 @@
-"""Oracle-driven loop projects: for demos, `simulate_annotators`, load and end-to-end tests.
+"""Oracle-driven projects and annotators: for demos, `simulate_annotators`, load and end-to-end tests.
 
-An oracle (training.oracles) stands in for the humans: it supplies the prompts, π_0 (a tiny CPU
-model after a supervised warm start) and the preference simulated annotators follow.
+An oracle stands in for the humans. On a pairwise loop project (training.oracles) it supplies the
+prompts, π_0 (a tiny CPU model after a supervised warm start) and the preference simulated
+annotators follow. Each kind that can be simulated names its oracle annotator in
+`ORACLE_ANNOTATORS`; `oracle_annotator` builds the one of a project's kind, so neither this module
+nor the command tests a kind by name.
 """
 
 import io
 import json
 import random
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from django.conf import settings
 from django.contrib.auth.models import AbstractUser
+from django.utils.module_loading import import_string
 
-from ..errors import TandemError
+from ..errors import InvalidInput, TandemError
 from ..loop import model_reference_check
 from ..models import FeedbackKind, ImportJob, Project, TaskResponse
 from .assignment import assignment_lease
@@ -135,6 +140,65 @@ def oracle_project_setup(
     return project
 
 
+class OracleAnnotator(Protocol):
+    """A simulated annotator of one project; the command's threads share it, so it keeps no
+    per-annotator state."""
+
+    def answer(self, task: Mapping[str, Any]) -> dict[str, Any]:
+        """The judgement payload for a leased task: the REST lease's "task" ({"id", "kind",
+        "responses": [{"id", "text"}, ...], ...}); `oracle_label_queue` passes the same keys."""
+        ...
+
+    def report(self) -> list[str]:
+        """Text lines that sum up the project's judgements, printed once the queue is dry."""
+        ...
+
+
+# The oracle annotator of each kind that can be simulated: the dotted path of a factory called as
+# factory(project=, options=) -> OracleAnnotator, where `options` are the command's (each factory
+# reads the ones it knows and refuses bad values with InvalidInput naming the option). Paths, not
+# imports, so a kind's annotator lives in the kind's own package and loads only when used.
+ORACLE_ANNOTATORS: dict[str, str] = {
+    FeedbackKind.PAIRWISE: "annotation.services.simulation.PreferenceOracle",
+    FeedbackKind.HALLUCINATION: "annotation.kinds.hallucination.simulation.SceneOracle",
+}
+
+
+def oracle_annotator(
+    *, project: Project, options: Mapping[str, Any] | None = None
+) -> OracleAnnotator:
+    """The oracle annotator of the project's kind; InvalidInput when the kind has none."""
+    path = ORACLE_ANNOTATORS.get(project.kind)
+    if path is None:
+        raise InvalidInput(
+            f"no simulated annotator judges {project.kind} projects; "
+            f"kinds that have one: {', '.join(sorted(ORACLE_ANNOTATORS))}",
+            errors=[{"field": "kind", "message": "cannot be simulated"}],
+        )
+    return import_string(path)(project=project, options=options or {})
+
+
+class PreferenceOracle:
+    """Pairwise: prefers what a hidden `training.oracles` oracle (option "oracle") prefers."""
+
+    def __init__(self, *, project: Project, options: Mapping[str, Any]):
+        from training.oracles import oracle_named
+
+        try:
+            self.oracle = oracle_named(options.get("oracle") or "warm-words")
+        except ValueError as exc:
+            raise InvalidInput(
+                str(exc), errors=[{"field": "oracle", "message": str(exc)}]
+            ) from None
+
+    def answer(self, task: Mapping[str, Any]) -> dict[str, Any]:
+        a, b = (response["text"] for response in task["responses"])
+        return oracle_answer(self.oracle.name, a, b)
+
+    def report(self) -> list[str]:
+        return []  # the loop's round table says what there is to say
+
+
 def oracle_answer(oracle_name: str, a: str, b: str) -> dict[str, Any]:
     """The judgement payload an annotator following the oracle gives for responses A and B."""
     from training.oracles import oracle_named
@@ -144,19 +208,30 @@ def oracle_answer(oracle_name: str, a: str, b: str) -> dict[str, Any]:
 
 
 def oracle_label_queue(
-    *, project: Project, annotator: AbstractUser, oracle_name: str = "warm-words"
+    *,
+    project: Project,
+    annotator: AbstractUser,
+    oracle_name: str = "warm-words",
+    options: Mapping[str, Any] | None = None,
 ) -> int:
-    """The annotator works the queue dry following the oracle (in-process); returns the judgements given."""
+    """The annotator works the queue dry following the project kind's oracle (in-process, with
+    `options` as the command's, `oracle_name` for pairwise); returns the judgements given."""
+    oracle = oracle_annotator(project=project, options={"oracle": oracle_name, **(options or {})})
     given = 0
     while (lease := assignment_lease(annotator=annotator, project=project)) is not None:
-        a, b = (
+        texts = (
             TaskResponse.objects.filter(task_id=lease.task_id)
             .order_by("position")
             .values_list("response__text", flat=True)
         )
+        task = {
+            "id": lease.task_id,
+            "kind": project.kind,
+            "responses": [{"text": text} for text in texts],
+        }
         judgement_submit(
             assignment=lease,
-            data=oracle_answer(oracle_name, a, b),
+            data=oracle.answer(task),
             idempotency_key=f"oracle-{lease.pk}",
         )
         given += 1

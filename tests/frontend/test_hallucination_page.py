@@ -11,6 +11,7 @@ import json
 import pytest
 from playwright.sync_api import expect
 
+from annotation.kinds.hallucination.payload import DEFAULT_CATEGORIES
 from tests.frontend.harness.server import Form, make_task, render_page
 
 pytestmark = pytest.mark.browser
@@ -331,16 +332,7 @@ def test_spans_come_back_after_a_refusal(page, harness):
 @pytest.mark.parametrize(
     "categories",
     [
-        [
-            "object",
-            "attribute",
-            "count",
-            "relation",
-            "comparison",
-            "environment",
-            "holistic",
-            "other",
-        ],
+        list(DEFAULT_CATEGORIES),
         ["object", "object-2", "ocr", "1st", "x", "qa", "_", "cce"],
     ],
 )

@@ -1,9 +1,18 @@
-"""Drive the whole online loop unattended, through the REST API, with oracle annotators.
+"""Drive a project unattended, through the REST API, with oracle annotators.
 
-For demos, load and end-to-end tests. A server and a worker must be running (`make demo` runs
-both). Without --project it sets up a loop project on tiny CPU models itself: π_0 is the oracle's
-supervised warm start, the reward ensemble sits on π_0's backbone, and the first batch of tasks
-holds two π_0 samples per prompt.
+For demos, load and end-to-end tests. A server must be running, and a worker where rounds run
+(`make demo` runs both). The annotators follow the oracle of the project's kind
+(`annotation.services.simulation.ORACLE_ANNOTATORS`): on a pairwise project a hidden preference
+(`--oracle`), on a hallucination project built from `training.scenes` (the demo's "Shapes" one) a
+person who checks every claim against the picture, marks the false ones as spans and corrects a
+share of the answers (`--correction-share`).
+
+Where the project's online loop is enabled the command runs `--rounds` rounds and prints each
+round's figures; otherwise the annotators work the queue dry once and it prints what the oracle
+reports (for hallucination, the rates per response source). Without --project it sets up a
+pairwise loop project on tiny CPU models itself: π_0 is the oracle's supervised warm start, the
+reward ensemble sits on π_0's backbone, and the first batch of tasks holds two π_0 samples per
+prompt.
 """
 
 import secrets
@@ -15,12 +24,18 @@ from typing import Any
 
 import httpx
 from django.core.management.base import BaseCommand, CommandError
+from django.db import connections
 
 from annotation import services
 from annotation.errors import InvalidInput
-from annotation.loop import SELECTIONS
+from annotation.loop import SELECTIONS, LoopSettings
 from annotation.models import Project
-from annotation.services.simulation import TINY_LOOP, oracle_answer, oracle_project_setup
+from annotation.services.simulation import (
+    TINY_LOOP,
+    OracleAnnotator,
+    oracle_annotator,
+    oracle_project_setup,
+)
 from annotation.services.tokens import token_issue
 
 
@@ -42,19 +57,44 @@ class Api:
 
 
 class Command(BaseCommand):
-    help = "Runs the online loop with oracle annotators through the REST API and prints the rounds."
+    help = (
+        "Oracle annotators judge a project through the REST API, as people would: on a pairwise "
+        "project they follow a hidden preference (--oracle); on a hallucination project built "
+        "from training.scenes (the demo's) they mark every false claim as a span with its "
+        "category, choose the answer with fewer, and correct a share of them "
+        "(--correction-share). Where the project's loop is enabled they label --rounds rounds "
+        "and the rounds' figures are printed; otherwise they work the queue dry once and the "
+        "kind's figures are printed. Without --project a pairwise loop project is created."
+    )
 
     def add_arguments(self, parser):
         parser.add_argument(
-            "--project", type=int, help="an existing loop project; without it one is created"
+            "--project",
+            type=int,
+            help="an existing project of any kind that has an oracle (pairwise, hallucination); "
+            "without it a pairwise loop project is created",
         )
         parser.add_argument(
             "--annotators", type=int, default=4, help="simulated annotators working in parallel"
         )
         parser.add_argument(
-            "--oracle", default="warm-words", help="the hidden preference the annotators follow"
+            "--oracle",
+            default="warm-words",
+            help="pairwise: the hidden preference the annotators follow",
         )
-        parser.add_argument("--rounds", type=int, default=2, help="rounds to run")
+        parser.add_argument(
+            "--correction-share",
+            type=float,
+            default=0.25,
+            help="hallucination: the share of tasks (0 to 1) where the annotator also corrects "
+            "the worse answer by deleting its false sentences",
+        )
+        parser.add_argument(
+            "--seed", type=int, default=0, help="hallucination: which tasks get a correction"
+        )
+        parser.add_argument(
+            "--rounds", type=int, default=2, help="rounds to run (projects with the loop enabled)"
+        )
         parser.add_argument(
             "--url", default="http://127.0.0.1:8000", help="the running Tandem server"
         )
@@ -97,10 +137,12 @@ class Command(BaseCommand):
     def handle(self, *args, **options):
         from training.oracles import oracle_named
 
-        try:
-            oracle = oracle_named(options["oracle"])
-        except ValueError as exc:
-            raise CommandError(str(exc)) from None
+        oracle = None
+        if not options["project"]:
+            try:
+                oracle = oracle_named(options["oracle"])
+            except ValueError as exc:
+                raise CommandError(str(exc)) from None
         deadline = time.monotonic() + options["timeout"]
         staff = _simulator_user()
         api = Api(options["url"], token_issue(user=staff, name="simulate_annotators")[1])
@@ -112,18 +154,33 @@ class Command(BaseCommand):
             ) from None
 
         project_id = options["project"] or self._create_project(api, oracle, options)
-        if not Project.objects.filter(pk=project_id).exists():
+        project = Project.objects.filter(pk=project_id).first()
+        if project is None:
             raise CommandError(f"no project {project_id}")
+        try:
+            annotator = oracle_annotator(project=project, options=options)
+        except InvalidInput as exc:
+            raise CommandError(exc.message) from None
         tokens = self._annotators(api, project_id, options["annotators"])
 
+        if not LoopSettings.for_display(project).enabled:
+            # No rounds to wait for: the queue as it stands is the whole job.
+            labelled = self._label_queue(options["url"], project_id, tokens, annotator, deadline)
+            self.stdout.write(
+                f"project {project_id} ({project.kind}, loop off): "
+                f"annotators gave {labelled} judgements"
+            )
+            for line in annotator.report():
+                self.stdout.write(line)
+            return
         for number in range(1, options["rounds"] + 1):
-            labelled = self._label_queue(options["url"], project_id, tokens, oracle, deadline)
+            labelled = self._label_queue(options["url"], project_id, tokens, annotator, deadline)
             self.stdout.write(f"round {number}: annotators gave {labelled} judgements")
             if options["trigger"] == "manual":
                 api.call("POST", f"/api/v1/projects/{project_id}/rounds", expect=(201,))
             self._wait_for_round(api, project_id, number, deadline)
         # The last round's evaluation tasks carry its headline number: label them too.
-        self._label_queue(options["url"], project_id, tokens, oracle, deadline)
+        self._label_queue(options["url"], project_id, tokens, annotator, deadline)
         rounds = api.call("GET", f"/api/v1/projects/{project_id}/rounds").json()
         self._print_table(project_id, rounds)
 
@@ -183,7 +240,12 @@ class Command(BaseCommand):
         return tokens
 
     def _label_queue(
-        self, url: str, project_id: int, tokens: list[str], oracle: Any, deadline: float
+        self,
+        url: str,
+        project_id: int,
+        tokens: list[str],
+        annotator: OracleAnnotator,
+        deadline: float,
     ) -> int:
         """Every annotator works the queue until it answers 204; returns how many judgements they gave."""
         counts = [0] * len(tokens)
@@ -199,16 +261,21 @@ class Command(BaseCommand):
                     if lease.status_code == 204:
                         return
                     body = lease.json()
-                    a, b = (r["text"] for r in body["task"]["responses"])
                     api.call(
                         "POST",
                         f"/api/v1/assignments/{body['id']}/judgement",
-                        json=oracle_answer(oracle.name, a, b),
+                        json=annotator.answer(body["task"]),
                         headers={"Idempotency-Key": f"sim-{body['id']}"},
                     )
                     counts[i] += 1
+            except InvalidInput as exc:  # e.g. a task the oracle cannot judge
+                errors.append(CommandError(exc.message))
             except BaseException as exc:  # noqa: BLE001 - reported by the main thread
                 errors.append(exc)
+            finally:
+                # An annotator that reads the database (the scene oracle) opened this thread's
+                # own connection: close it, or it outlives the command.
+                connections.close_all()
 
         threads = [threading.Thread(target=work, args=(i, t)) for i, t in enumerate(tokens)]
         for thread in threads:

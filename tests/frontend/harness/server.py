@@ -21,20 +21,13 @@ from django.contrib.staticfiles import finders
 from django.template import Context, Template
 from django.template.loader import render_to_string
 
+from annotation.kinds.hallucination.payload import DEFAULT_CATEGORIES
+
 CONTENT_TYPES = {".js": "text/javascript", ".css": "text/css", ".svg": "image/svg+xml"}
 IMAGE_SIZE = (640, 400)
 # The kind's defaults (MMHal-Bench's question types as span categories).
 DEFAULT_SETTINGS = {
-    "categories": [
-        "object",
-        "attribute",
-        "count",
-        "relation",
-        "comparison",
-        "environment",
-        "holistic",
-        "other",
-    ],
+    "categories": list(DEFAULT_CATEGORIES),
     "show_context": True,
 }
 
