@@ -26,17 +26,20 @@ import os
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeVar
 
 from training.data import Message
 
 if TYPE_CHECKING:
     import torch
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+
+P = TypeVar("P")
 
 
 class GenerationError(RuntimeError):
@@ -197,50 +200,74 @@ class TransformersGenerator:
             for p in prompts
         ]
 
+    def _encode(self, prompts: Sequence[list[Message]]) -> Any:
+        # The chat template already wrote BOS and role markers.
+        return self.tokenizer(
+            self._prompt_texts(prompts),
+            return_tensors="pt",
+            padding=True,
+            padding_side="left",
+            add_special_tokens=False,
+        )
+
     def generate(self, prompts: list[list[Message]], config: GenerationConfig) -> list[list[str]]:
         """Sample ``config.k`` completions per prompt; shape ``[len(prompts)][k]``."""
-        import torch
+        return sample_completions(
+            self.model, self.tokenizer, self.device, prompts, self._encode, config
+        )
 
-        greedy = config.temperature == 0
-        devices = [self.device] if self.device.type == "cuda" else []
-        results: list[list[str]] = []
-        # Left padding: generation appends to the right end, so every row's
-        # last real token must sit at the same position.
-        self.tokenizer.padding_side = "left"
-        with torch.random.fork_rng(devices=devices), torch.inference_mode():
-            torch.manual_seed(config.seed)
-            for start in range(0, len(prompts), config.batch_size):
-                texts = self._prompt_texts(prompts[start : start + config.batch_size])
-                # The chat template already wrote BOS and role markers.
-                batch = self.tokenizer(
-                    texts, return_tensors="pt", padding=True, add_special_tokens=False
-                )
-                batch = batch.to(self.device)
-                sampling: dict[str, Any] = (
-                    {"do_sample": False, "num_return_sequences": 1}
-                    if greedy
-                    else {
-                        "do_sample": True,
-                        "temperature": config.temperature,
-                        "top_p": config.top_p,
-                        "top_k": 0,
-                        "num_return_sequences": config.k,
-                    }
-                )
-                output = self.model.generate(
-                    **batch,
-                    max_new_tokens=config.max_new_tokens,
-                    pad_token_id=self.tokenizer.pad_token_id,
-                    eos_token_id=self.tokenizer.eos_token_id,
-                    **sampling,
-                )
-                new_tokens = output[:, batch["input_ids"].shape[1] :]
-                decoded = self.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
-                per_prompt = 1 if greedy else config.k
-                for row in range(len(texts)):
-                    group = [t.strip() for t in decoded[row * per_prompt : (row + 1) * per_prompt]]
-                    results.append(group * config.k if greedy else group)
-        return results
+
+def sample_completions(
+    model: Any,
+    tokenizer: Any,
+    device: torch.device,
+    prompts: Sequence[P],
+    encode: Callable[[Sequence[P]], Any],
+    config: GenerationConfig,
+) -> list[list[str]]:
+    """The seeded K-sample loop of the transformers backends, text and vision alike.
+
+    ``encode(chunk)`` returns one batch of model inputs (``input_ids`` left-padded, so that every
+    row's last real token sits at the same position and generation appends to the right end;
+    plus ``pixel_values`` and the like for a vision model). A private copy of torch's RNG is
+    seeded with ``config.seed``: the same seed, model, prompts and batch size give the same
+    samples on CPU, and the caller's global RNG is left untouched. Shape ``[len(prompts)][k]``.
+    """
+    import torch
+
+    greedy = config.temperature == 0
+    devices = [device] if device.type == "cuda" else []
+    sampling: dict[str, Any] = (
+        {"do_sample": False, "num_return_sequences": 1}
+        if greedy
+        else {
+            "do_sample": True,
+            "temperature": config.temperature,
+            "top_p": config.top_p,
+            "top_k": 0,
+            "num_return_sequences": config.k,
+        }
+    )
+    per_prompt = 1 if greedy else config.k
+    results: list[list[str]] = []
+    with torch.random.fork_rng(devices=devices), torch.inference_mode():
+        torch.manual_seed(config.seed)
+        for start in range(0, len(prompts), config.batch_size):
+            chunk = prompts[start : start + config.batch_size]
+            batch = encode(chunk).to(device)
+            output = model.generate(
+                **batch,
+                max_new_tokens=config.max_new_tokens,
+                pad_token_id=tokenizer.pad_token_id,
+                eos_token_id=tokenizer.eos_token_id,
+                **sampling,
+            )
+            new_tokens = output[:, batch["input_ids"].shape[1] :]
+            decoded = tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
+            for row in range(len(chunk)):
+                group = [t.strip() for t in decoded[row * per_prompt : (row + 1) * per_prompt]]
+                results.append(group * config.k if greedy else group)
+    return results
 
 
 class VLLMGenerator:
