@@ -68,7 +68,8 @@ def add_config_arguments(
             continue
         flag = "--" + (prefix + f.name).replace("_", "-")
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc,operator]
-        help_text = f.metadata.get("help", "") + " (default: %(default)s)"
+        # argparse formats help with %: a literal one in the text ("~20% slower") must be doubled.
+        help_text = f.metadata.get("help", "").replace("%", "%%") + " (default: %(default)s)"
         dest = f"{_CONFIG_DEST}{cls.__name__}.{f.name}"
         if hint is bool or hint == (bool | None):
             group.add_argument(

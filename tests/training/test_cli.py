@@ -37,6 +37,8 @@ def help_text(capsys: pytest.CaptureFixture[str], *argv: str) -> str:
 def test_every_subcommand_has_help(capsys: pytest.CaptureFixture[str], command: str) -> None:
     text = help_text(capsys, command)
     assert f"python -m training {command}" in text
+    # A literal % in a field's help ("~20% slower") once made argparse print an object's repr.
+    assert "object at 0x" not in text
 
 
 @pytest.mark.parametrize(
