@@ -146,6 +146,9 @@ class Kind:
     export_shapes: Mapping[str, ExportShape] = {}
     # The loop's hooks for this kind, or None when the online loop does not serve it.
     loop: Any = None
+    # Dotted path of the kind's simulated annotator for `simulate_annotators` ("" for none): a
+    # factory called as factory(project=, options=), imported only when a simulation asks for it.
+    oracle_annotator: str = ""
 
     # --- project settings -----------------------------------------------------------------
 

@@ -247,6 +247,7 @@ class Pairwise(Kind):
     form_fields = ("choice", "strength")
     # The loop's hooks (`pairwise_loop.PairwiseLoop`) are attached by the loop's owner.
     loop = PairwiseLoop()
+    oracle_annotator = "annotation.services.simulation.PreferenceOracle"
 
     def validate_payload(
         self, data: Mapping[str, Any], *, task: TaskContext

@@ -3,7 +3,7 @@
 An oracle stands in for the humans. On a pairwise loop project (training.oracles) it supplies the
 prompts, π_0 (a tiny CPU model after a supervised warm start) and the preference simulated
 annotators follow. Each kind that can be simulated names its oracle annotator in
-`ORACLE_ANNOTATORS`; `oracle_annotator` builds the one of a project's kind, so neither this module
+its `Kind.oracle_annotator`; `oracle_annotator` builds the one of a project's kind, so neither this module
 nor the command tests a kind by name.
 """
 
@@ -19,6 +19,7 @@ from django.contrib.auth.models import AbstractUser
 from django.utils.module_loading import import_string
 
 from ..errors import InvalidInput, TandemError
+from ..kinds import kind_for, registered
 from ..loop import model_reference_check
 from ..models import FeedbackKind, ImportJob, Project, TaskResponse
 from .assignment import assignment_lease
@@ -154,25 +155,16 @@ class OracleAnnotator(Protocol):
         ...
 
 
-# The oracle annotator of each kind that can be simulated: the dotted path of a factory called as
-# factory(project=, options=) -> OracleAnnotator, where `options` are the command's (each factory
-# reads the ones it knows and refuses bad values with InvalidInput naming the option). Paths, not
-# imports, so a kind's annotator lives in the kind's own package and loads only when used.
-ORACLE_ANNOTATORS: dict[str, str] = {
-    FeedbackKind.PAIRWISE: "annotation.services.simulation.PreferenceOracle",
-    FeedbackKind.HALLUCINATION: "annotation.kinds.hallucination.simulation.SceneOracle",
-}
-
-
 def oracle_annotator(
     *, project: Project, options: Mapping[str, Any] | None = None
 ) -> OracleAnnotator:
     """The oracle annotator of the project's kind; InvalidInput when the kind has none."""
-    path = ORACLE_ANNOTATORS.get(project.kind)
-    if path is None:
+    path = kind_for(project.kind).oracle_annotator
+    if not path:
+        simulated = sorted(kind.name for kind in registered() if kind.oracle_annotator)
         raise InvalidInput(
             f"no simulated annotator judges {project.kind} projects; "
-            f"kinds that have one: {', '.join(sorted(ORACLE_ANNOTATORS))}",
+            f"kinds that have one: {', '.join(simulated)}",
             errors=[{"field": "kind", "message": "cannot be simulated"}],
         )
     return import_string(path)(project=project, options=options or {})

@@ -84,6 +84,7 @@ class Hallucination(Kind):
     export_shapes = SHAPES
     loop = None
     stats_template = "annotation/kinds/hallucination_stats.html"
+    oracle_annotator = "annotation.kinds.hallucination.simulation.SceneOracle"
     # Errors of these fields show beside them on the page ("spans[2].end" goes to "spans").
     form_fields = ("choice", "helpful_choice", "spans", "correction")
 

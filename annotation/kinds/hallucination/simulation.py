@@ -1,6 +1,6 @@
 """The hallucination kind's simulated annotator: an oracle that knows every task's scene.
 
-`simulate_annotators` finds it through `annotation.services.simulation.ORACLE_ANNOTATORS`. For
+`simulate_annotators` finds it through the kind's `oracle_annotator`. For
 each leased task it does what the demo's instructions ask of a person: it marks every false claim
 of each response as a span with its category, answers the response with fewer false claims (after
 a tie, the more informative one, i.e. with more true claims, or a tie again), and for a share of the

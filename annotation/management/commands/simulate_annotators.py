@@ -2,7 +2,7 @@
 
 For demos, load and end-to-end tests. A server must be running, and a worker where rounds run
 (`make demo` runs both). The annotators follow the oracle of the project's kind
-(`annotation.services.simulation.ORACLE_ANNOTATORS`): on a pairwise project a hidden preference
+(the kind's `oracle_annotator`): on a pairwise project a hidden preference
 (`--oracle`), on a hallucination project built from `training.scenes` (the demo's "Shapes" one) a
 person who checks every claim against the picture, marks the false ones as spans and corrects a
 share of the answers (`--correction-share`).
