@@ -9,9 +9,15 @@ registers; tests/annotation/test_layering.py checks that each one resolves to a 
 from typing import Any
 
 from celery import current_app  # the app Django's settings configured, in web and worker alike
+from django.conf import settings
+
+# Kept short so that a request (or the commit of one) hears within seconds that the broker is down.
+_BROKER_CONNECT_SECONDS = 3
+_BROKER_RETRY = {"max_retries": 2, "interval_start": 0, "interval_step": 0.5, "interval_max": 1}
 
 RUN_IMPORT = "annotation.tasks.run_import"
 RUN_ROUND_STAGE = "annotation.tasks.run_round_stage"
+RUN_OUTCOMES = "annotation.tasks.run_outcomes"
 
 
 def enqueue(task_name: str, *args: Any, queue: str | None = None, **options: Any) -> None:
@@ -23,3 +29,14 @@ def enqueue(task_name: str, *args: Any, queue: str | None = None, **options: Any
     if queue is not None:
         options["queue"] = queue
     current_app.send_task(task_name, args=list(args), **options)
+
+
+def enqueue_promptly(task_name: str, *args: Any, queue: str | None = None) -> None:
+    """`enqueue` on a fresh broker connection with a short timeout: raises within seconds when
+    the broker is down, where the shared producer pool would keep retrying for a long time."""
+    with current_app.connection_for_write(
+        url=settings.CELERY_BROKER_URL, connect_timeout=_BROKER_CONNECT_SECONDS
+    ) as conn:
+        enqueue(
+            task_name, *args, queue=queue, connection=conn, retry=True, retry_policy=_BROKER_RETRY
+        )

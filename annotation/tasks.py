@@ -23,6 +23,20 @@ def import_sweep() -> list[int]:
     return sweep()
 
 
+@shared_task(name=jobs.RUN_OUTCOMES, acks_late=True)
+def run_outcomes(job_id: int) -> str:
+    from .services.outcomes import outcome_job_run
+
+    return outcome_job_run(job_id=job_id).status
+
+
+@shared_task(name="annotation.tasks.outcome_sweep", ignore_result=True)
+def outcome_sweep() -> list[int]:
+    from .services.outcomes import outcome_sweep as sweep
+
+    return sweep()
+
+
 @shared_task(name=jobs.RUN_ROUND_STAGE, acks_late=True, reject_on_worker_lost=True)
 def run_round_stage(run_id: int) -> str:
     from .services.rounds import stage_run

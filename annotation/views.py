@@ -19,6 +19,7 @@ from .forms import JudgementForm, LoopSettingsForm, add_service_errors
 from .kinds import kind_for
 from .models import Assignment, Project
 from .selectors import dashboard, pages
+from .selectors import rounds as round_selectors
 from .services import rounds as round_services
 
 ANNOTATE_PAGE = "annotation/annotate.html"
@@ -105,6 +106,11 @@ def _render_task(
         "my_count": selectors.annotator_judgement_count(project=project, annotator=request.user),
     }
     context.update(kind.page_context(context["kind_settings"]))
+    if assignment is not None:
+        # A kind with phases shows the phase due and what it reveals (never before its time).
+        context.update(
+            kind.assignment_context(assignment=assignment, settings=context["kind_settings"])
+        )
     if not request.htmx:
         # Counting over the whole project stays off the per-task path (DESIGN.md, Hot paths):
         # the full page shows it, and the header refreshes it now and then.
@@ -205,12 +211,16 @@ def _render_loop(
     status: int = 200,
 ) -> HttpResponse:
     board = dashboard.loop_dashboard(project=project)
+    kind_rounds = round_selectors.kind_rounds_panel(
+        project=project, win_rates={line.round.number: line.win_rate for line in board.table}
+    )
     can_manage = role in selectors.MANAGE
     if form is None and can_manage:
         form = LoopSettingsForm(initial=LoopSettingsForm.initial_from(board.settings))
     context = {
         "project": project,
         "board": board,
+        "kind_rounds": kind_rounds,
         "jobs": board.jobs,
         "polling": board.polling,
         "can_manage": can_manage,

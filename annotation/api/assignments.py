@@ -1,4 +1,4 @@
-"""/api/v1 annotation: lease the next task, submit a judgement, skip."""
+"""/api/v1 annotation: lease the next task, read an assignment, submit a judgement, skip."""
 
 from drf_spectacular.utils import (
     OpenApiParameter,
@@ -41,18 +41,31 @@ class LeasedTaskSerializer(serializers.Serializer):
 
     id = serializers.IntegerField()
     expires_at = serializers.DateTimeField()
+    phase = serializers.CharField(
+        required=False, help_text="A kind with phases (hindsight): the phase due next."
+    )
     task = TaskSerializer()
 
 
-def _task_body(view: selectors.TaskView) -> dict:
+def _task_body(view: selectors.TaskView, *, revealed: bool = False) -> dict:
     # Absent keys are left out of the output (the fields are not required), so a pairwise task
-    # carries neither image nor context.
+    # carries neither image nor context. A response's outcome goes out only when the view read it
+    # (`selectors.assignment_view` decides) and the caller shows it.
+    responses = [
+        {
+            "id": r.id,
+            "text": r.text,
+            "model": r.model,
+            **({"outcome": r.outcome} if revealed and r.outcome is not None else {}),
+        }
+        for r in view.responses
+    ]
     return {
         "id": view.id,
         "kind": view.kind,
         "round": view.round,
         "prompt": view.prompt,
-        "responses": view.responses,
+        "responses": responses,
         **view.extras,
     }
 
@@ -75,10 +88,57 @@ class AssignmentCreateApi(APIView):
         assignment, created = services.assignment_acquire(annotator=request.user, project=project)
         if assignment is None:
             return Response(status=status.HTTP_204_NO_CONTENT)
-        view = selectors.task_view(task=assignment.task, project=project)
-        body = {"id": assignment.pk, "expires_at": assignment.expires_at, "task": _task_body(view)}
+        # The lease never reads the responses' outcomes (task_view without reveal): a phase due
+        # next is told, and GET assignments/{id} shows what that phase may see.
+        if kind_for(project.kind).phases:
+            view = selectors.assignment_view(assignment=assignment)
+            body = {"phase": view.phase, "task": _task_body(view.task, revealed=False)}
+        else:
+            body = {"task": _task_body(selectors.task_view(task=assignment.task, project=project))}
+        body.update(id=assignment.pk, expires_at=assignment.expires_at)
         code = status.HTTP_201_CREATED if created else status.HTTP_200_OK
         return Response(LeasedTaskSerializer(body).data, status=code)
+
+
+class AssignmentSerializer(serializers.Serializer):
+    class TaskSerializer(LeasedTaskSerializer.TaskSerializer):
+        class ShownResponseSerializer(serializers.Serializer):
+            id = serializers.IntegerField()
+            text = serializers.CharField()
+            model = serializers.CharField()
+            outcome = serializers.CharField(
+                required=False,
+                allow_blank=True,
+                help_text="What came of acting on the response; present only once your first "
+                "phase (foresight) is stored, empty while no outcome is written yet.",
+            )
+
+        responses = ShownResponseSerializer(many=True)
+
+    id = serializers.IntegerField()
+    status = serializers.CharField()
+    expires_at = serializers.DateTimeField()
+    phase = serializers.CharField(
+        allow_null=True,
+        help_text='The phase due next (hindsight: foresight, then hindsight); "" for an open '
+        "assignment of a kind without phases; null when nothing is due.",
+    )
+    task = TaskSerializer()
+
+
+class AssignmentDetailApi(APIView):
+    @extend_schema(responses={200: AssignmentSerializer})
+    def get(self, request, assignment_id: int):
+        assignment = selectors.access_assignment(user=request.user, assignment_id=assignment_id)
+        view = selectors.assignment_view(assignment=assignment)
+        body = {
+            "id": assignment.pk,
+            "status": assignment.status,
+            "expires_at": assignment.expires_at,
+            "phase": view.phase,
+            "task": _task_body(view.task, revealed=True),
+        }
+        return Response(AssignmentSerializer(body).data)
 
 
 def _judgement_serializers() -> list:

@@ -27,6 +27,14 @@ class ExportApi(APIView):
                 description="raw, or a shape of the project's kind (pairwise: pairs, the default).",
             ),
             OpenApiParameter(
+                "phase",
+                str,
+                description="For a kind with phases (hindsight): which phase's judgements the "
+                "shape reads. hindsight's `pairs` reads hindsight judgements by default; "
+                "`phase=foresight` reads the foresight ones. A shape that offers no choice "
+                "refuses it (400).",
+            ),
+            OpenApiParameter(
                 "since",
                 str,
                 description="The `cursor` of the last complete line you received (or the "
@@ -61,7 +69,10 @@ class ExportApi(APIView):
         # The default is the kind's first shape (pairwise: pairs), else raw.
         shape = request.query_params.get("shape") or next(iter(shapes_of(project=project)))
         export = export_judgements(
-            project=project, shape=shape, since=request.query_params.get("since")
+            project=project,
+            shape=shape,
+            since=request.query_params.get("since"),
+            phase=request.query_params.get("phase"),
         )
         response = StreamingHttpResponse(export.blocks, content_type="application/x-ndjson")
         # Only where the export started goes ahead of the body: where it ends is told by the last

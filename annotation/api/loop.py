@@ -147,6 +147,18 @@ class RoundSerializer(serializers.Serializer):
     started_at = serializers.DateTimeField(allow_null=True)
     finished_at = serializers.DateTimeField(allow_null=True)
     stages = StageSerializer(many=True)
+    policy_stats = serializers.DictField(
+        allow_null=True,
+        help_text="The project kind's figures of π_r's answers as humans judged them, null for a "
+        "kind that measures none. Hallucination: {model_version, name, round, held_out, "
+        "all_tasks}, each scope {answers, judged, hallucinated, by_category, spans}: shares of "
+        "judged answers with a span (of each category) and span counts per category.",
+    )
+    previous_policy_stats = serializers.DictField(
+        allow_null=True,
+        help_text="The same figures of π_{r-1}'s answers, the other side of the round's blind "
+        "evaluation (π_0's in round 1).",
+    )
 
 
 class RoundStartedSerializer(serializers.Serializer):
@@ -160,8 +172,12 @@ class RoundsApi(APIView):
         project, _ = selectors.access_project(
             user=request.user, project_id=project_id, roles=selectors.EXPORT
         )
+        kind_stats = round_selectors.kind_round_stats(project=project)
         return Response(
-            [round_selectors.round_payload(r) for r in round_selectors.rounds_of(project=project)]
+            [
+                round_selectors.round_payload(r, kind_stats)
+                for r in round_selectors.rounds_of(project=project)
+            ]
         )
 
     @extend_schema(

@@ -39,6 +39,11 @@ urlpatterns = [
     ),
     path("imports/<int:import_id>", imports.ImportDetailApi.as_view(), name="import"),
     path(
+        "assignments/<int:assignment_id>",
+        assignments.AssignmentDetailApi.as_view(),
+        name="assignment",
+    ),
+    path(
         "assignments/<int:assignment_id>/judgement",
         assignments.JudgementApi.as_view(),
         name="judgement",

@@ -10,7 +10,11 @@ from ..errors import InvalidInput
 from .base import Kind
 
 # Every kind module Tandem ships, in the order they are offered to managers.
-KIND_MODULES = ("annotation.kinds.pairwise", "annotation.kinds.hallucination")
+KIND_MODULES = (
+    "annotation.kinds.pairwise",
+    "annotation.kinds.hallucination",
+    "annotation.kinds.hindsight",
+)
 
 _REGISTRY: dict[str, Kind] = {}
 

@@ -11,7 +11,7 @@ keep the validator's idea and put the page, the exports and the loop hooks besid
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -56,14 +56,21 @@ class LineExtras:
 
     image: str | None = None
     context: dict[str, Any] = field(default_factory=dict)
+    # Facts for an outcome simulator (`Prompt.hidden`): stored, never shown nor exported.
+    hidden: dict[str, Any] = field(default_factory=dict)
+    # One outcome text per response, in the line's order, or () when the line has none.
+    outcomes: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
 class ExportRecord:
     """One judgement as the portable export path hands it to a shape's `row`.
 
-    `responses` are the shown responses in position order, each {"id", "text", "model"};
-    `prompt` the conversation; `image` the prompt's image as {"sha256", "format"} or None.
+    `responses` are the shown responses in position order, each {"id", "text", "model"} (and
+    "outcome" for a kind with phases); `prompt` the conversation; `image` the prompt's image as
+    {"sha256", "format"} or None. For a kind with phases, `phase` is the row's and `earlier` holds
+    the same assignment's earlier phases by name, each {"judgement_id", "payload", "rationale",
+    "time_spent_ms", "late"} (filled for the kind's own shapes, not for "raw").
     """
 
     judgement_id: int
@@ -85,6 +92,8 @@ class ExportRecord:
     time_spent_ms: int | None
     late: bool
     created_at: str
+    phase: str = ""
+    earlier: Mapping[str, dict[str, Any]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -102,6 +111,9 @@ class ExportShape:
     sql: str | None = None
     # Whether rows of this shape name images, so that the image archive export applies.
     has_images: bool = False
+    # For a kind with phases: the phases whose judgements the shape reads, the default first; the
+    # export's `phase` parameter picks another of them. () reads every row (and takes no phase).
+    phases: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -149,6 +161,10 @@ class Kind:
     # Dotted path of the kind's simulated annotator for `simulate_annotators` ("" for none): a
     # factory called as factory(project=, options=), imported only when a simulation asks for it.
     oracle_annotator: str = ""
+    # The phases of one judgement, in the order they must be given ((): one judgement, phase "").
+    # Each phase is stored as its own row; the first locks once the next is given, and only the
+    # last completes the assignment and counts toward the task's overlap (services/judgement.py).
+    phases: tuple[str, ...] = ()
 
     # --- project settings -----------------------------------------------------------------
 
@@ -237,6 +253,11 @@ class Kind:
         """Extra context the kind's page partial reads (e.g. which key marks which category)."""
         return {}
 
+    def assignment_context(self, *, assignment: Any, settings: Mapping[str, Any]) -> dict[str, Any]:
+        """Extra page context that depends on the assignment shown (e.g. the phase due and what
+        it reveals); read only when a task is shown. Reads go through selectors."""
+        return {}
+
     # --- what a manager sees --------------------------------------------------------------
 
     # Template of the kind's panel on the project page ("" for none), rendered with `stats`.
@@ -245,6 +266,27 @@ class Kind:
     def stats(self, project: Any) -> dict[str, Any]:
         """The context of the kind's project-page panel (reads go through selectors)."""
         return {}
+
+    # Template of the kind's panel on the loop dashboard ("" for none), rendered with `panel` =
+    # `round_stats(...).panel(win_rates)`.
+    round_stats_template: str = ""
+
+    def round_stats(
+        self,
+        judged: Iterable[Any],
+        *,
+        policies: Iterable[tuple[int, int, str]],
+        settings: Mapping[str, Any],
+    ) -> Any:
+        """The kind's figures of the online loop's policies from human judgements, or None.
+
+        `judged` yields `annotation.selectors.rounds.JudgedAnswers` (task purpose, payload, and the
+        shown (response id, model version id) by position), lazily: a kind that returns None
+        without iterating costs no query. `policies` are (round, model version id, name). The
+        answer offers `policy_json(r)` and `previous_policy_json(r)` (the rounds API) and
+        `panel(win_rates)` (the context of `round_stats_template`).
+        """
+        return None
 
     # --- quality and training ---------------------------------------------------------------
 

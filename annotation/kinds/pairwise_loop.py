@@ -2,17 +2,61 @@
 
 The round stages (annotation/services/round_stages.py) and the win-rate read
 (annotation/selectors/rounds.py) are written for any kind whose judgements yield preference pairs;
-what is pairwise about them lives here, reached through the kind's `loop` attribute. A kind the
-loop does not serve has `loop = None`.
+what is particular to a kind lives in its hooks, reached through the kind's `loop` attribute:
+the export shape trained on, how the reward model and the policy are trained, how a model answers
+a prompt, what the reward model reads, how a selected pair becomes a task and how a blind
+evaluation counts. `PairwiseLoop` holds the text loop's; the hallucination kind's
+(`annotation/kinds/hallucination/loop.py`) override what images and facts change. A kind the loop
+does not serve has `loop = None`.
+
+`training` is imported inside the methods, at call time: it costs torch, which the web process
+never pays, and tests replace its entry points on the module.
 """
 
 from __future__ import annotations
 
 import random
-from collections.abc import Mapping, Sequence
-from typing import Any, TypeVar
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+
+if TYPE_CHECKING:
+    from ..loop import LoopSettings
 
 Shown = TypeVar("Shown")  # a Response (services) or anything else placed in a task's slots
+
+
+class Trained(Protocol):
+    """What a training entry point returns: where it published, and its metrics."""
+
+    path: Path
+    metrics: dict[str, Any]
+
+
+class PromptGenerator(Protocol):
+    """A model that answers the loop's prompts: K samples for each, `[len(prompts)][k]` texts."""
+
+    def generate(self, prompts: Sequence[Any], config: Any) -> list[list[str]]: ...
+
+
+def ensemble_config(loop: LoopSettings) -> Any:
+    """The reward ensemble a project's loop settings ask for (training.reward.EnsembleConfig)."""
+    from training.reward import EnsembleConfig, RewardConfig
+
+    return EnsembleConfig(
+        members=loop.ensemble_members,
+        reward=RewardConfig(**{"backbone": loop.reward_backbone, **loop.reward}),
+    )
+
+
+class _MessagesGenerator:
+    """A text generator over the loop's prompts: each prompt is its conversation."""
+
+    def __init__(self, inner: Any):
+        self.inner = inner
+
+    def generate(self, prompts: Sequence[Any], config: Any) -> list[list[str]]:
+        return self.inner.generate([p.messages for p in prompts], config)
 
 
 class PairwiseLoop:
@@ -21,6 +65,16 @@ class PairwiseLoop:
     # The export shape the reward and policy stages train on: prompt/chosen/rejected rows
     # (annotation/selectors/export.py), the rows training.data parses.
     training_shape = "pairs"
+    # Whether the training rows need their prompt's factual context (`context`) added.
+    reads_context = False
+    # Share of the human pairs held out to measure the reward model.
+    reward_eval_fraction = 0.2
+    # The export shape of annotators' corrections the policy also trains on ("" for none), turned
+    # into pairs by `correction_pairs`.
+    correction_shape = ""
+    # Whether a new answer needs a simulated outcome before it is shown (the hindsight kind): the
+    # select stage then simulates them before it makes tasks.
+    simulates_outcomes = False
 
     def training_pairs(self, rows: list[dict[str, Any]]) -> list[Any]:
         """Rows of `training_shape` (human or model-labelled) as training.data preference pairs.
@@ -32,11 +86,18 @@ class PairwiseLoop:
         return parse_preference_rows(rows)
 
     def labelled_row(
-        self, *, prompt: list[dict[str, Any]], texts: Sequence[str], label: Mapping[str, Any]
+        self,
+        *,
+        prompt: list[dict[str, Any]],
+        texts: Sequence[str],
+        label: Mapping[str, Any],
+        image: Mapping[str, str] | None = None,
+        context: Mapping[str, Any] | None = None,
     ) -> dict[str, Any]:
         """A task the reward ensemble labelled (`label` is its `auto_label`), as a training row.
 
-        `texts` are the task's responses in slot order; the label names the chosen slot.
+        `texts` are the task's responses in slot order; the label names the chosen slot. A text
+        prompt has no `image` (its {"sha256", "format"}) or `context` to add.
         """
         first, second = texts
         chosen, rejected = (first, second) if label["choice"] == "A" else (second, first)
@@ -83,3 +144,79 @@ class PairwiseLoop:
         if answer == "AB"[new_position]:
             return 1.0
         return 0.0 if answer in ("A", "B") else 0.5
+
+    # --- training -----------------------------------------------------------------------------
+
+    def reward_split(self, pairs: list[Any], *, seed: int) -> tuple[list[Any], list[Any]]:
+        """(train, held out) for the reward model: whole prompts on one side, fixed by `seed`
+        (the project's id), so a prompt stays on its side round after round."""
+        from training.data import split_by_prompt
+
+        return split_by_prompt(pairs, eval_fraction=self.reward_eval_fraction, seed=seed)
+
+    def train_reward(
+        self,
+        train: list[Any],
+        held_out: list[Any],
+        *,
+        loop: LoopSettings,
+        root: Path,
+        name: str,
+        progress: Callable[[Any], None],
+        data_cursor: str,
+    ) -> Trained:
+        """Fits the Bradley–Terry reward ensemble and publishes it as `root/name`; its metrics'
+        `eval.accuracy` (on `held_out`) is the round's reward accuracy."""
+        import training.reward
+
+        return training.reward.train_reward_ensemble(
+            train,
+            ensemble_config(loop),
+            root=root,
+            name=name,
+            eval_pairs=held_out,
+            progress=progress,
+            data_cursor=data_cursor,
+        )
+
+    def train_policy(
+        self,
+        pairs: list[Any],
+        config: Any,
+        *,
+        project: Any,
+        policy_ref: str,
+        reference_ref: str,
+        root: Path,
+        name: str,
+        progress: Callable[[Any], None],
+        data_cursor: str,
+        parent: str,
+    ) -> Trained:
+        """π_r by DPO (`config`: training.policy.DPOConfig) from π_{r-1} (`policy_ref`) against
+        the fixed π_0 (`reference_ref`), published as `root/name`."""
+        from training.policy import train_dpo
+
+        return train_dpo(
+            pairs,
+            config,
+            policy_ref=policy_ref,
+            reference_ref=reference_ref,
+            root=root,
+            name=name,
+            progress=progress,
+            data_cursor=data_cursor,
+            parent=parent,
+        )
+
+    # --- generating and scoring ---------------------------------------------------------------
+
+    def generator(self, model_ref: str, *, project: Any) -> PromptGenerator:
+        """The model at `model_ref` answering the loop's prompts (annotation Prompt rows)."""
+        import training.generation
+
+        return _MessagesGenerator(training.generation.TransformersGenerator(model_ref))
+
+    def reward_prompt(self, prompt: Any) -> list[dict[str, Any]]:
+        """What the reward model reads before a candidate answer to `prompt`: its conversation."""
+        return prompt.messages

@@ -124,6 +124,9 @@ class ShownResponse:
     id: int
     text: str
     label: str
+    model: str = ""
+    # What came of acting on the response: None unless revealed (see `assignment_view`).
+    outcome: str | None = None
 
 
 @dataclass(frozen=True)
@@ -150,18 +153,20 @@ def prompt_image(ref: str) -> dict[str, Any] | None:
     return row
 
 
-def task_view(*, task: Task, project: Project | None = None) -> TaskView:
+def task_view(*, task: Task, project: Project | None = None, reveal: bool = False) -> TaskView:
     """A task as the annotator sees it: the conversation and its responses labelled A, B, ...
 
     Pass the task with its prompt loaded (the lease query loads it) and its project to spare
-    queries; the kind's extras cost a query only when the prompt has an image.
+    queries; the kind's extras cost a query only when the prompt has an image. The responses'
+    outcomes are read only with `reveal` (never for a lease: see `assignment_view`).
     """
     project = project or task.project
     kind = kind_for(task.kind)
+    columns = ["response_id", "response__text", "position", "response__model_name"]
     slots = (
         TaskResponse.objects.filter(task_id=task.pk)
         .order_by("position")
-        .values_list("response_id", "response__text", "position")
+        .values_list(*columns, *(["response__outcome"] if reveal else []))
     )
     prompt = task.prompt
     return TaskView(
@@ -170,8 +175,14 @@ def task_view(*, task: Task, project: Project | None = None) -> TaskView:
         round=task.round,
         prompt=prompt.messages,
         responses=[
-            ShownResponse(id=rid, text=text, label=chr(ord("A") + position))
-            for rid, text, position in slots
+            ShownResponse(
+                id=slot[0],
+                text=slot[1],
+                label=chr(ord("A") + slot[2]),
+                model=slot[3],
+                outcome=slot[4] if reveal else None,
+            )
+            for slot in slots
         ],
         extras=kind.task_extras(
             project_id=project.pk,
@@ -180,6 +191,48 @@ def task_view(*, task: Task, project: Project | None = None) -> TaskView:
             context=prompt.context or {},
             settings=kind.settings_of(project.kind_settings),
         ),
+    )
+
+
+@dataclass(frozen=True)
+class AssignmentView:
+    """An annotator's assignment with the phase due and what the stored phases reveal."""
+
+    assignment: Assignment
+    task: TaskView
+    # The phase due next: one of the kind's phases, "" for an open single-phase assignment,
+    # None when nothing is due (submitted, or skipped).
+    phase: str | None
+    # The stored phases' payloads by phase ({} for single-phase kinds).
+    earlier: dict[str, dict[str, Any]]
+
+
+def phase_due(*, phases: tuple[str, ...], stored: set[str], status: str) -> str | None:
+    """The phase an assignment waits for: the first of `phases` not stored, in order."""
+    if status in (Assignment.Status.SUBMITTED, Assignment.Status.SKIPPED):
+        return None
+    return next((p for p in phases if p not in stored), None) if phases else ""
+
+
+def assignment_view(*, assignment: Assignment) -> AssignmentView:
+    """The assignment as its annotator may see it now.
+
+    The rule that keeps hindsight honest lives here: the responses' outcomes are read, and so
+    shown, only once the assignment's first phase is stored, so no foresight judgement is ever
+    given with an outcome in view. Precondition: the caller owns the assignment (access selector).
+    """
+    kind = kind_for(assignment.task.kind)
+    stored: dict[str, dict[str, Any]] = {}
+    if kind.phases:
+        stored = dict(
+            Judgement.objects.filter(assignment=assignment).values_list("phase", "payload")
+        )
+    reveal = bool(kind.phases) and kind.phases[0] in stored
+    return AssignmentView(
+        assignment=assignment,
+        task=task_view(task=assignment.task, project=assignment.project, reveal=reveal),
+        phase=phase_due(phases=kind.phases, stored=set(stored), status=assignment.status),
+        earlier=stored,
     )
 
 
@@ -229,7 +282,10 @@ def project_progress(*, project: Project) -> ProjectProgress:
 
 
 def annotator_judgement_count(*, project: Project, annotator: AbstractUser) -> int:
-    return Judgement.objects.filter(project=project, annotator=annotator).count()
+    """Tasks the annotator judged here: a kind with phases stores a row per phase of one task."""
+    return Judgement.objects.filter(project=project, annotator=annotator).aggregate(
+        n=Count("assignment", distinct=True)
+    )["n"]
 
 
 def annotator_table(*, project: Project) -> list[dict[str, Any]]:

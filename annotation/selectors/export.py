@@ -17,7 +17,7 @@ import hashlib
 import hmac
 import json
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC
 from typing import Any
 
@@ -85,15 +85,30 @@ def annotator_pseudonym(*, project_id: int, user_id: int) -> str:
     return f"a-{hashlib.md5((salt + str(user_id)).encode()).hexdigest()[:8]}"
 
 
-def _of(project: Project, prompt_split: str | None):
+def _of(project: Project, prompt_split: str | None, phase: str | None = None):
     judgements = Judgement.objects.filter(project=project)
     if prompt_split is not None:
         judgements = judgements.filter(task__prompt__split=prompt_split)
+    if phase is not None:
+        judgements = judgements.filter(phase=phase)
     return judgements
 
 
-def _settled(project: Project, prompt_split: str | None = None):
-    judgements = _of(project, prompt_split)
+def _phase_read(shape: ExportShape, phase: str | None) -> str | None:
+    """The phase whose judgements the shape reads: the asked one, or the shape's default."""
+    if phase in (None, ""):
+        return shape.phases[0] if shape.phases else None
+    if phase not in shape.phases:
+        offered = f"one of {', '.join(shape.phases)}" if shape.phases else "not given"
+        raise InvalidInput(
+            f"phase: the {shape.name} shape takes {offered}",
+            errors=[{"field": "phase", "message": "not offered by this shape"}],
+        )
+    return phase
+
+
+def _settled(project: Project, prompt_split: str | None = None, phase: str | None = None):
+    judgements = _of(project, prompt_split, phase)
     if connection.vendor == "postgresql":
         judgements = judgements.filter(
             commit_seq__lt=RawSQL("pg_snapshot_xmin(pg_current_snapshot())::text::bigint", [])
@@ -136,6 +151,8 @@ _FIELDS = (
     "late",
     "created_at",
     "kind",
+    "phase",
+    "assignment_id",
     "task__round",
     "task__answer_counts",
     "task__judgement_count",
@@ -155,6 +172,7 @@ def export_judgements(
     until: str | None = None,
     chunk: int | None = None,
     prompt_split: str | None = None,
+    phase: str | None = None,
 ) -> Export:
     """Judgements of the project after `since`, as TRL-ready rows each carrying its `cursor`.
 
@@ -168,7 +186,9 @@ def export_judgements(
     the export shapes of the project's kind (pairwise: "pairs", one {prompt, chosen, rejected,
     margin, ...} row per decisive judgement); `shapes_of` lists them. `prompt_split` keeps only
     judgements on prompts of that split (the loop trains on "train" prompts only, so its held-out
-    evaluation stays held out). Preconditions: the caller may export this project.
+    evaluation stays held out). `phase`, for a kind with phases, picks which phase's judgements a
+    shape reads among those it offers (`ExportShape.phases`; None: the shape's default).
+    Preconditions: the caller may export this project.
     """
     available = shapes_of(project=project)
     if shape not in available:
@@ -177,8 +197,9 @@ def export_judgements(
             errors=[{"field": "shape", "message": "unknown"}],
         )
     export_shape = available[shape]
+    phase = _phase_read(export_shape, phase)
     start = Position.decode(since)
-    settled = _settled(project, prompt_split).filter(start.after())
+    settled = _settled(project, prompt_split, phase).filter(start.after())
     if until:
         settled = settled.filter(Position.decode(until).up_to())
     last = settled.order_by("-commit_seq", "-id").values_list("commit_seq", "id").first()
@@ -187,9 +208,9 @@ def export_judgements(
     end = Position(*last)
     chunk = chunk or settings.TANDEM_EXPORT_CHUNK
     if connection.vendor == "postgresql" and export_shape.sql is not None:
-        blocks = _sql_blocks(project, shape, start, end, chunk, prompt_split)
+        blocks = _sql_blocks(project, shape, start, end, chunk, prompt_split, phase)
     else:
-        blocks = _python_blocks(project, shape, start, end, chunk, prompt_split)
+        blocks = _python_blocks(project, shape, start, end, chunk, prompt_split, phase)
     return Export(since=start.encode(), cursor=end.encode(), blocks=blocks)
 
 
@@ -201,6 +222,7 @@ _CURSOR_SQL = f"'{_CURSOR_PREFIX}.' || j.commit_seq::text || '.' || j.id::text"
 # One keyset page of the export, after `since` and up to the cursor fixed when it started.
 _PAGE_SQL = """  AND (j.commit_seq, j.id) > (%(seq)s, %(id)s) AND (j.commit_seq, j.id) <= (%(end_seq)s, %(end_id)s)
   AND (%(split)s::text IS NULL OR p.split = %(split)s::text)
+  AND (%(phase)s::text IS NULL OR j.phase = %(phase)s::text)
 ORDER BY j.commit_seq, j.id
 LIMIT %(limit)s
 """
@@ -242,9 +264,12 @@ def _sql_blocks(
     end: Position,
     chunk: int,
     prompt_split: str | None,
+    phase: str | None = None,
 ) -> Iterator[str]:
-    sql = _frame(shapes_of(project=project)[shape].sql or "")
+    export_shape = shapes_of(project=project)[shape]
+    sql = _frame(export_shape.sql or "")
     params = {
+        "phase": _phase_read(export_shape, phase),
         "project": project.pk,
         "kind": project.kind,
         "salt": _pseudonym_salt(project.pk),
@@ -282,10 +307,11 @@ def _python_blocks(
     end: Position,
     chunk: int,
     prompt_split: str | None,
+    phase: str | None = None,
 ) -> Iterator[str]:
     """The portable path (SQLite, the demo's embedded database)."""
     dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
-    for batch in _batches(project, shape, start, end, chunk, prompt_split):
+    for batch in _batches(project, shape, start, end, chunk, prompt_split, phase):
         if batch:
             yield "".join(dumps(row) + "\n" for row in batch)
 
@@ -297,9 +323,12 @@ def _batches(
     end: Position,
     chunk: int,
     prompt_split: str | None,
+    phase: str | None = None,
 ) -> Iterator[list[dict[str, Any]]]:
-    row_of = shapes_of(project=project)[shape].row
-    base = _of(project, prompt_split).filter(end.up_to()).order_by("commit_seq", "id")
+    export_shape = shapes_of(project=project)[shape]
+    row_of, phase = export_shape.row, _phase_read(export_shape, phase)
+    phases = kind_for(project.kind).phases
+    base = _of(project, prompt_split, phase).filter(end.up_to()).order_by("commit_seq", "id")
     if shape != RAW.name:
         # A kind's shape reads its own kind's judgements only, as its SQL does (`j.kind`).
         base = base.filter(kind=project.kind)
@@ -310,8 +339,10 @@ def _batches(
         if not batch:
             return
         fields = [dict(zip(_FIELDS, row, strict=True)) for row in batch]
-        responses = _responses_of({f["task_id"] for f in fields})
+        responses = _responses_of({f["task_id"] for f in fields}, outcomes=bool(phases))
         images = _images_of({f["task__prompt__image"] for f in fields if f["task__prompt__image"]})
+        # A kind's own shapes see each row's earlier phases (the hindsight row its foresight).
+        earlier = _earlier_of(fields, phases) if phases and shape != RAW.name else {}
         out = []
         for f in fields:
             annotator = pseudonyms.get(f["annotator_id"])
@@ -319,7 +350,10 @@ def _batches(
                 annotator = pseudonyms[f["annotator_id"]] = annotator_pseudonym(
                     project_id=project.pk, user_id=f["annotator_id"]
                 )
-            row = row_of(_record(f, responses.get(f["task_id"], []), annotator, images))
+            record = _record(f, responses.get(f["task_id"], []), annotator, images)
+            if earlier:
+                record = replace(record, earlier=earlier.get(f["assignment_id"], {}))
+            row = row_of(record)
             if row is not None:
                 out.append(row)
         yield out
@@ -354,18 +388,43 @@ def _record(
         time_spent_ms=f["time_spent_ms"],
         late=f["late"],
         created_at=f["created_at"].astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f+00:00"),
+        phase=f["phase"],
     )
 
 
-def _responses_of(task_ids: set[int]) -> dict[int, list[dict[str, Any]]]:
+def _earlier_of(
+    fields: list[dict[str, Any]], phases: tuple[str, ...]
+) -> dict[int, dict[str, dict[str, Any]]]:
+    """{assignment id: {phase: row}} of the batch's rows' earlier phases, in one query."""
+    wanted = {f["assignment_id"] for f in fields if f["phase"] != phases[0]}
+    out: dict[int, dict[str, dict[str, Any]]] = {}
+    rows = Judgement.objects.filter(assignment_id__in=wanted, phase__in=phases[:-1]).values_list(
+        "assignment_id", "phase", "id", "payload", "rationale", "time_spent_ms", "late"
+    )
+    for assignment_id, phase, pk, payload, rationale, time_spent_ms, late in rows:
+        out.setdefault(assignment_id, {})[phase] = {
+            "judgement_id": pk,
+            "payload": payload,
+            "rationale": rationale,
+            "time_spent_ms": time_spent_ms,
+            "late": late,
+        }
+    return out
+
+
+def _responses_of(task_ids: set[int], *, outcomes: bool = False) -> dict[int, list[dict[str, Any]]]:
     shown: dict[int, list[dict[str, Any]]] = {}
+    columns = ["task_id", "response_id", "response__text", "response__model_name"]
     slots = (
         TaskResponse.objects.filter(task_id__in=task_ids)
         .order_by("task_id", "position")
-        .values_list("task_id", "response_id", "response__text", "response__model_name")
+        .values_list(*columns, *(["response__outcome"] if outcomes else []))
     )
-    for task_id, response_id, text, model in slots:
-        shown.setdefault(task_id, []).append({"id": response_id, "text": text, "model": model})
+    for task_id, response_id, text, model, *outcome in slots:
+        response = {"id": response_id, "text": text, "model": model}
+        if outcomes:
+            response["outcome"] = outcome[0]
+        shown.setdefault(task_id, []).append(response)
     return shown
 
 
@@ -406,9 +465,27 @@ RAW = ExportShape(
 )
 
 
+def _raw_phased_row(record: ExportRecord) -> dict[str, Any]:
+    return {**_raw_row(record), "phase": record.phase}
+
+
+# A kind with phases: every row names its phase, and its responses carry their outcomes (the
+# prompt's hidden facts never leave the server).
+RAW_PHASED = ExportShape(
+    name="raw",
+    description="every judgement (one per phase) with its phase, payload and the responses it "
+    "was given, with their outcomes",
+    row=_raw_phased_row,
+    sql=_RAW_SQL.replace("'kind', j.kind,", "'kind', j.kind,\n    'phase', j.phase,").replace(
+        "'model', r.model_name)", "'model', r.model_name, 'outcome', r.outcome)"
+    ),
+)
+
+
 def shapes_of(*, project: Project) -> dict[str, ExportShape]:
     """The export shapes of the project: its kind's, then the core's "raw"."""
-    return {**kind_for(project.kind).export_shapes, RAW.name: RAW}
+    kind = kind_for(project.kind)
+    return {**kind.export_shapes, RAW.name: RAW_PHASED if kind.phases else RAW}
 
 
 def _frame(sql: str) -> str:

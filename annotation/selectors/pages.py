@@ -56,7 +56,8 @@ def project_rows_for(*, user: AbstractUser) -> list[ProjectRow]:
     mine = dict(
         Judgement.objects.filter(annotator=user, project__in=projects)
         .values("project_id")
-        .annotate(n=Count("id"))
+        # Per task judged: a kind with phases stores one row per phase of the same assignment.
+        .annotate(n=Count("assignment", distinct=True))
         .values_list("project_id", "n")
     )
     totals = {

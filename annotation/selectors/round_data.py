@@ -3,15 +3,22 @@
 The stages in annotation/services/round_stages.py write; everything they read with a rule in it
 (which judgements a round's reward and policy see, which prompts a round generates for, which
 responses become candidates or blind evaluations) is here. What is particular to a feedback kind
-comes from its loop hooks (`loop_hooks`), never from a test of the kind's name.
+comes from its loop hooks (`loop_hooks`), never from a test of the kind's name. A kind whose
+prompts carry images and facts (hallucination) gets them here too: each training row with its
+prompt's factual context, and its stored images opened for generation and training.
 """
 
-from typing import Any
+from collections.abc import Callable
+from functools import lru_cache
+from typing import TYPE_CHECKING, Any
+
+from django.core.files.storage import storages
 
 from ..errors import InvalidInput
 from ..kinds import kind_for
 from ..kinds.pairwise_loop import PairwiseLoop
 from ..models import (
+    Image,
     Judgement,
     ModelVersion,
     Project,
@@ -24,6 +31,10 @@ from ..models import (
     TrainingRun,
 )
 from .export import Position, export_judgements
+from .images import image_of_project, parse_ref
+
+if TYPE_CHECKING:
+    from PIL.Image import Image as PILImage
 
 
 def loop_hooks(kind_name: str) -> PairwiseLoop | None:
@@ -93,7 +104,23 @@ def human_pairs(
         prompt_split=Split.TRAIN,
     )
     rows = list(export.rows())
+    if hooks.reads_context:
+        rows = _with_context(rows)
     return hooks.training_pairs(rows), export.cursor, len(rows)
+
+
+def _with_context(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each row with its prompt's factual context (captions, reference answer) as `context`.
+
+    The export rows name their task, not the context; a fact-augmented reward model reads it
+    beside the question (Fact-RLHF). One query for all rows.
+    """
+    contexts = dict(
+        Task.objects.filter(pk__in={row["task_id"] for row in rows}).values_list(
+            "pk", "prompt__context"
+        )
+    )
+    return [{**row, "context": contexts.get(row["task_id"]) or {}} for row in rows]
 
 
 def model_labelled_pairs(project: Project, round_number: int) -> list[Any]:
@@ -109,8 +136,15 @@ def model_labelled_pairs(project: Project, round_number: int) -> list[Any]:
         .values_list("task_id", "response__text")
     ):
         slots.setdefault(task_id, []).append(text)
+    images = prompt_images([task.prompt for task in tasks])
     rows = [
-        hooks.labelled_row(prompt=task.prompt.messages, texts=slots[task.pk], label=task.auto_label)
+        hooks.labelled_row(
+            prompt=task.prompt.messages,
+            texts=slots[task.pk],
+            label=task.auto_label,
+            image=images.get(task.prompt.image),
+            context=task.prompt.context or {},
+        )
         for task in tasks
     ]
     return hooks.training_pairs(rows)
@@ -120,8 +154,9 @@ def policy_pairs(project: Project, loop_round: Round) -> tuple[list[Any], str]:
     """The pairs round `loop_round`'s DPO trains on, and the export cursor they end at.
 
     Iterative DPO trains each round on the pairs the previous policy produced (the Online-RLHF
-    recipe): the judgements made since the previous round took its data, and the pairs the
-    ensemble labelled for that round. The reward ensemble, by contrast, learns from all of them.
+    recipe): the judgements made since the previous round took its data (with the corrections
+    among them, for kinds that take corrections), and the pairs the ensemble labelled for that
+    round. The reward ensemble, by contrast, learns from all of them.
     """
     earlier = Round.objects.filter(project=project, number=loop_round.number - 1).first()
     since = earlier.data_cursor if earlier is not None else None
@@ -129,7 +164,24 @@ def policy_pairs(project: Project, loop_round: Round) -> tuple[list[Any], str]:
     # the two stages then belongs to the next round's DPO only, instead of training it twice.
     until = Round.objects.values_list("data_cursor", flat=True).get(pk=loop_round.pk)
     pairs, cursor, _ = human_pairs(project, since=since, until=until)
-    return pairs + model_labelled_pairs(project, round_number=loop_round.number - 1), cursor
+    corrected = corrected_pairs(project, since=since, until=cursor)
+    return pairs + corrected + model_labelled_pairs(project, loop_round.number - 1), cursor
+
+
+def corrected_pairs(project: Project, *, since: str | None, until: str | None) -> list[Any]:
+    """Annotators' corrections on training prompts (after `since`, up to `until`) as pairs, the
+    corrected answer chosen over the original; [] for a kind whose hooks take none."""
+    hooks = project_loop_hooks(project)
+    if not hooks.correction_shape:
+        return []
+    export = export_judgements(
+        project=project,
+        shape=hooks.correction_shape,
+        since=since or None,
+        until=until or None,
+        prompt_split=Split.TRAIN,
+    )
+    return hooks.correction_pairs(list(export.rows()))
 
 
 # --- what the generate and select stages work on -----------------------------------------------------
@@ -187,3 +239,50 @@ def evaluation_pairs(
         for r in Response.objects.filter(model_version=previous, prompt_id__in=new_side)
     }
     return [(r, old_side[pid]) for pid, r in new_side.items() if pid in old_side]
+
+
+# --- images of multimodal prompts ---------------------------------------------------------------
+
+
+def prompt_images(prompts: list[Prompt]) -> dict[str, dict[str, str]]:
+    """{prompt.image ref: {"sha256", "format"}} for the prompts that have an image (one query):
+    what an export row names an image by (`images/<sha256>.<ext>`)."""
+    shas = {sha for p in prompts if (sha := parse_ref(p.image)) is not None}
+    return {
+        f"sha256:{sha}": {"sha256": sha, "format": fmt}
+        for sha, fmt in Image.objects.filter(pk__in=shas).values_list("sha256", "format")
+    }
+
+
+IMAGE_CACHE = 256  # decoded images a loader keeps: a round's batch of prompts, not a whole project
+
+
+def image_loader(project: Project) -> Callable[[str], "PILImage"]:
+    """Opens the project's stored images as RGB PIL images, by a prompt's reference
+    ("sha256:<hex>") or an export row's path ("images/<sha256>.<ext>").
+
+    Only images linked to the project open (`image_of_project`: NotFound otherwise), so a row or
+    a prompt can never make the loop read another project's image or any other file: the name
+    given is parsed for its hash and the file is the one storage holds for it. The images were
+    verified when stored (pixel and size caps), so decoding them here is safe.
+    """
+    from PIL import Image as Pil
+
+    @lru_cache(maxsize=IMAGE_CACHE)
+    def load(ref: str) -> "PILImage":
+        image = image_of_project(project=project, ref=_image_ref(ref))
+        with storages["default"].open(image.file, "rb") as handle:
+            opened = Pil.open(handle)
+            opened.load()
+        return opened.convert("RGB")
+
+    return load
+
+
+def _image_ref(name: str) -> str:
+    """ "sha256:<hex>" of a prompt reference or of an exported path; "" (which names no image)
+    for anything else."""
+    if name.startswith("images/"):
+        stem = name.removeprefix("images/").partition(".")[0]
+        return f"sha256:{stem}" if parse_ref(f"sha256:{stem}") else ""
+    return name if parse_ref(name) else ""

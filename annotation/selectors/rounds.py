@@ -1,16 +1,19 @@
 """Reads of the online loop: rounds with their metrics, model versions, annotator throughput."""
 
 import math
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from django.contrib.auth.models import AbstractUser
-from django.db.models import Count, QuerySet
+from django.db.models import Count, Exists, OuterRef, QuerySet
 from django.db.models.functions import TruncMinute
 
-from ..errors import NotFound
+from ..errors import InvalidInput, NotFound
+from ..kinds import kind_for
+from ..kinds.base import Kind
 from ..loop import project_artifact_root
 from ..models import Judgement, ModelVersion, Project, Round, TaskResponse, TrainingRun
 from . import EXPORT, access_project, project_visible_to
@@ -66,7 +69,7 @@ def human_win_rates(*, project: Project) -> dict[int, WinRate]:
             new_position[task_id] = position
     totals: dict[int, list[float]] = {}
     for task_id, round_number, answer in Judgement.objects.filter(
-        project=project, task__purpose="evaluation"
+        project=project, task__purpose="evaluation", phase=_final_phase(project)
     ).values_list("task_id", "task__round", "answer"):
         if task_id not in new_position:
             continue
@@ -129,9 +132,10 @@ def rounds_of(*, project: Project) -> list[RoundRow]:
 
 
 def judgements_per_round(*, project: Project) -> dict[int, int]:
-    """Human judgements collected on each round's tasks (round 0 = imported tasks)."""
+    """Human judgements collected on each round's tasks (round 0 = imported tasks); a kind with
+    phases counts one per completed judgement (its last phase's row), as the tasks count them."""
     return dict(
-        Judgement.objects.filter(project=project)
+        Judgement.objects.filter(project=project, phase=_final_phase(project))
         .values_list("task__round")
         .annotate(n=Count("id"))
         .order_by("task__round")
@@ -204,8 +208,176 @@ def model_artifact(*, version: ModelVersion) -> Path | None:
     return path if is_published(path) else None
 
 
-def round_payload(row: RoundRow) -> dict[str, Any]:
-    """The REST shape of a round (fields may be added, names never changed)."""
+# --- what a kind measures of the loop's policies ------------------------------------------------
+
+CHUNK = 2000  # judgements fetched per round trip of the payload stream
+
+
+class JudgedAnswers(NamedTuple):
+    """One judgement of a task that shows at least one model version's answer."""
+
+    purpose: str  # the task's: "label", or "evaluation" for the blind π_r-vs-π_{r-1} tasks
+    payload: dict[str, Any]
+    slots: tuple[tuple[int, int | None], ...]  # (response id, model version id) by position
+
+
+def _versioned() -> Exists:
+    """Whether the outer row's task shows at least one model version's answer."""
+    return Exists(
+        TaskResponse.objects.filter(
+            task_id=OuterRef("task_id"), response__model_version__isnull=False
+        )
+    )
+
+
+def _versioned_slots(project: Project) -> dict[int, dict[int, tuple[int, int | None]]]:
+    """{task id: {position: (response id, model version id)}} of the tasks showing a model
+    version's answer (a few integers per task)."""
+    slots: dict[int, dict[int, tuple[int, int | None]]] = {}
+    for task_id, position, response_id, version_id in (
+        TaskResponse.objects.filter(task__project=project)
+        .filter(_versioned())
+        .values_list("task_id", "position", "response_id", "response__model_version_id")
+        .iterator(chunk_size=CHUNK)
+    ):
+        slots.setdefault(task_id, {})[position] = (response_id, version_id)
+    return slots
+
+
+def judged_answers(*, project: Project) -> Iterator[JudgedAnswers]:
+    """Every judgement of a task showing a model version's answer, streamed in task order.
+
+    Two queries, run on the first `next`: a caller that never iterates costs none. The slots of
+    those tasks are held (a few integers per task); the payloads stream in chunks.
+    """
+    slots = _versioned_slots(project)
+    for task_id, purpose, payload in (
+        Judgement.objects.filter(project=project)
+        .filter(_versioned())
+        .order_by("task_id", "id")
+        .values_list("task_id", "task__purpose", "payload")
+        .iterator(chunk_size=CHUNK)
+    ):
+        shown = slots.get(task_id)
+        if shown:  # a task made after the slots were read waits for the next page load
+            yield JudgedAnswers(purpose, payload, tuple(shown[p] for p in sorted(shown)))
+
+
+class PhasedAnswers(NamedTuple):
+    """One phase's row of a judgement of a task showing a model version's answer (a kind with
+    phases stores one row per phase): what `JudgedAnswers` holds, and what pairs phases up."""
+
+    purpose: str
+    payload: dict[str, Any]
+    slots: tuple[tuple[int, int | None], ...]
+    task_id: int
+    annotator_id: int
+    phase: str
+    task_round: int  # 0: a task the import made, its slots the line's responses in line order
+    prompt_metadata: dict[str, Any]  # the prompt's import metadata (a kind's facts about it)
+
+
+def phased_answers(*, project: Project) -> Iterator[PhasedAnswers]:
+    """Every phase row of a task showing a model version's answer, streamed in (task, annotator,
+    phase, id) order, so one annotator's phases of one task come together; two queries, run on
+    the first `next`, as `judged_answers`."""
+    slots = _versioned_slots(project)
+    for task_id, purpose, payload, annotator_id, phase, task_round, metadata in (
+        Judgement.objects.filter(project=project)
+        .filter(_versioned())
+        .order_by("task_id", "annotator_id", "phase", "id")
+        .values_list(
+            "task_id",
+            "task__purpose",
+            "payload",
+            "annotator_id",
+            "phase",
+            "task__round",
+            "task__prompt__metadata",
+        )
+        .iterator(chunk_size=CHUNK)
+    ):
+        shown = slots.get(task_id)
+        if shown:  # a task made after the slots were read waits for the next page load
+            yield PhasedAnswers(
+                purpose,
+                payload,
+                tuple(shown[p] for p in sorted(shown)),
+                task_id,
+                annotator_id,
+                phase,
+                task_round,
+                metadata if isinstance(metadata, dict) else {},
+            )
+
+
+def _kind_of(project: Project) -> Kind | None:
+    try:
+        return kind_for(project.kind)
+    except InvalidInput:  # a kind not registered (any more) measures nothing
+        return None
+
+
+def _final_phase(project: Project) -> str:
+    """The phase of the row that completes a judgement: the kind's last ("" without phases). A
+    win or a count is taken from it alone, never from an earlier phase's row as well."""
+    kind = _kind_of(project)
+    return kind.phases[-1] if kind is not None and kind.phases else ""
+
+
+def kind_round_stats(*, project: Project) -> Any | None:
+    """The project kind's figures of the loop's policies (its `round_stats` hook), or None when
+    the kind measures none (pairwise: no query is made then).
+
+    The hook gets the judgements lazily (`judged_answers`; `phased_answers`, every phase's row,
+    for a kind with phases), the policies as (round, model version
+    id, name) and the project's kind settings; what it returns answers `policy_json(r)`,
+    `previous_policy_json(r)` and `panel(win_rates)`.
+    """
+    kind = _kind_of(project)
+    if kind is None:
+        return None
+    policies = (
+        ModelVersion.objects.filter(project=project, kind=ModelVersion.Kind.POLICY)
+        .order_by("round")
+        .values_list("round", "id", "name")
+    )  # a lazy QuerySet: read only if the hook iterates it
+    # A kind with phases gets every phase's row, with what pairs them up; others one row each.
+    judged = phased_answers(project=project) if kind.phases else judged_answers(project=project)
+    return kind.round_stats(
+        judged,
+        policies=policies,
+        settings=kind.settings_of(project.kind_settings),
+    )
+
+
+@dataclass(frozen=True)
+class KindRoundsPanel:
+    """The kind's panel on the loop dashboard: its template and the template's context."""
+
+    template: str
+    context: dict[str, Any]
+
+
+def kind_rounds_panel(*, project: Project, win_rates: Mapping[int, str]) -> KindRoundsPanel | None:
+    """The loop dashboard's kind panel (hallucination rates per round, say), or None for a kind
+    without one; `win_rates` holds each round's human win rate as the rounds table writes it."""
+    kind = _kind_of(project)
+    if kind is None or not kind.round_stats_template:
+        return None
+    stats = kind_round_stats(project=project)
+    if stats is None:
+        return None
+    return KindRoundsPanel(kind.round_stats_template, stats.panel(win_rates))
+
+
+def round_payload(row: RoundRow, kind_stats: Any | None = None) -> dict[str, Any]:
+    """The REST shape of a round (fields may be added, names never changed).
+
+    `kind_stats` is `kind_round_stats`'s answer: with it, `policy_stats` holds the kind's figures
+    of π_r's answers and `previous_policy_stats` those of π_{r-1}'s, the other side of the round's
+    blind evaluation (π_0's in round 1); both are null for a kind that measures none.
+    """
     return {
         "number": row.number,
         "status": row.status,
@@ -230,4 +402,8 @@ def round_payload(row: RoundRow) -> dict[str, Any]:
             }
             for run in row.runs
         ],
+        "policy_stats": kind_stats.policy_json(row.number) if kind_stats else None,
+        "previous_policy_stats": kind_stats.previous_policy_json(row.number)
+        if kind_stats
+        else None,
     }

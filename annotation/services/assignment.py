@@ -15,7 +15,8 @@ from django.db.models import Exists, F, Min, OuterRef, Q
 from django.utils import timezone
 
 from ..errors import Conflict
-from ..models import Assignment, Project, Prompt, Task
+from ..kinds import kind_for
+from ..models import Assignment, Judgement, Project, Prompt, Task
 from ..selectors import live_assignment_for
 from .guards import project_ensure_writable
 
@@ -244,6 +245,11 @@ def assignment_acquire(
     selector). Raises Conflict when the project is archived.
     """
     project_ensure_writable(project=project)
+    phases = kind_for(project.kind).phases
+    if phases:
+        resumed = _resume_between_phases(annotator=annotator, project=project, first=phases[0])
+        if resumed is not None:
+            return resumed
     # No fixed number of attempts: a pass that does not return either lost the last slot of the
     # task it waited for to a transaction that committed meanwhile, or refreshed (and saved) a
     # stale lease expiry. Both are progress, so this ends; and a bound would answer "nothing left"
@@ -283,6 +289,61 @@ def assignment_acquire(
         except IntegrityError:
             # The same annotator leased this task in a parallel request: take the next one.
             continue
+
+
+def _resume_between_phases(
+    *, annotator: AbstractUser, project: Project, first: str
+) -> tuple[Assignment, bool] | None:
+    """For a kind with phases: the annotator's live lease, else their assignment whose lease
+    expired between the phases, leased to them again (the stored phases stay, the next one is
+    due), else None. Only where the task still has room: its overlap may have been filled by
+    others meanwhile, and then the annotator moves on (a late last phase is still accepted).
+    """
+    held = live_assignment_for(annotator=annotator, project=project)
+    if held is not None:
+        return held, False
+    waiting = (
+        Assignment.objects.filter(
+            annotator=annotator,
+            project=project,
+            status__in=(Assignment.Status.LEASED, Assignment.Status.EXPIRED),
+            task__is_complete=False,
+        )
+        .filter(Exists(Judgement.objects.filter(assignment=OuterRef("pk"), phase=first)))
+        .order_by("leased_at")
+        .values_list("pk", "task_id")
+    )
+    for assignment_id, task_id in waiting:
+        now = timezone.now()
+        with transaction.atomic():
+            task = (
+                Task.objects.select_for_update(of=("self",))
+                .select_related("prompt")
+                .get(pk=task_id)
+            )
+            current = Assignment.objects.select_for_update().get(pk=assignment_id)
+            if current.status not in (Assignment.Status.LEASED, Assignment.Status.EXPIRED):
+                continue  # finished meanwhile (a late last phase from another tab)
+            if current.status == Assignment.Status.LEASED or (
+                task.next_lease_expiry is not None and task.next_lease_expiry <= now
+            ):
+                # Our own lease, past its expiry but not yet reclaimed, is reclaimed here first.
+                _refresh_leases(task, now)
+                current.refresh_from_db(fields=["status"])
+            if task.is_complete or task.judgement_count + task.live_leases >= task.overlap:
+                task.save(update_fields=["live_leases", "next_lease_expiry"])
+                continue
+            current.status = Assignment.Status.LEASED
+            current.leased_at = now
+            current.expires_at = now + timedelta(seconds=project.lease_seconds)
+            current.save(update_fields=["status", "leased_at", "expires_at"])
+            task.live_leases += 1
+            if task.next_lease_expiry is None or current.expires_at < task.next_lease_expiry:
+                task.next_lease_expiry = current.expires_at
+            task.save(update_fields=["live_leases", "next_lease_expiry"])
+            current.task = task
+            return current, True
+    return None
 
 
 def assignment_lease(*, annotator: AbstractUser, project: Project) -> Assignment | None:

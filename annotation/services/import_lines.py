@@ -2,7 +2,7 @@
 
 A line: {"prompt": "text" | [{"role", "content"}...], "responses": ["text" | {"text", "model"?}...],
 "id"?: external id, "metadata"?: {...}, "split"?: "train" | "eval"}, plus the fields of the
-project's kind ("image", "context": `Kind.line_extras`). A kind may first turn a public dataset's
+project's kind ("image", "context", "hidden", responses' "outcome": `Kind.line_extras`). A kind may first turn a public dataset's
 line into this shape (`Kind.adapt_line`: pairwise reads HH-RLHF and TRL preference rows).
 Nothing here writes: `annotation.services.imports` stores the images and the rows.
 """
@@ -38,6 +38,9 @@ class ImportLine:
     # the import resolves it to a stored image; and the kind's factual context.
     image: str | None = None
     context: dict[str, Any] = field(default_factory=dict)
+    # Facts for an outcome simulator (never shown), and one outcome per response or none.
+    hidden: dict[str, Any] = field(default_factory=dict)
+    outcomes: tuple[str, ...] = ()
 
 
 class LineError(Exception):
@@ -154,6 +157,8 @@ def parse_line(
         split=split,
         image=extras.image,
         context=dict(extras.context),
+        hidden=dict(extras.hidden),
+        outcomes=tuple(extras.outcomes),
     )
 
 

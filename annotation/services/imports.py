@@ -31,6 +31,7 @@ from ..models import ImportJob, Project, Prompt, Response, Task, TaskResponse
 from .archives import ImportArchive, is_zip
 from .images import ImageBatch, images_resolve
 from .import_lines import ImportLine, LineError, ParsedImport, parse_import, parse_line
+from .outcomes import outcome_job_start
 
 __all__ = ["ImportLine", "LineError", "import_create", "import_run", "import_sweep", "parse_line"]
 
@@ -73,21 +74,12 @@ def _write_postgres(project: Project, items: list[ImportLine]) -> None:
     for (item, prompt_id), task_id in zip(with_tasks, task_ids, strict=True):
         for position, (text, model) in enumerate(item.responses):
             response_id = next(response_ids)
-            response_rows.append((response_id, prompt_id, text, model, now))
+            outcome, source = _outcome(item, position)
+            response_rows.append((response_id, prompt_id, text, model, outcome, source, now))
             slot_rows.append((task_id, response_id, position))
     _copy_rows(
         Prompt,
-        [
-            "id",
-            "project_id",
-            "messages",
-            "external_id",
-            "metadata",
-            "image",
-            "context",
-            "split",
-            "created_at",
-        ],
+        "id project_id messages external_id metadata image context hidden split created_at".split(),
         (
             (
                 pid,
@@ -97,13 +89,18 @@ def _write_postgres(project: Project, items: list[ImportLine]) -> None:
                 json.dumps(i.metadata),
                 i.image or "",
                 json.dumps(i.context),
+                json.dumps(i.hidden),
                 i.split,
                 now,
             )
             for pid, i in zip(prompt_ids, items, strict=True)
         ),
     )
-    _copy_rows(Response, ["id", "prompt_id", "text", "model_name", "created_at"], response_rows)
+    _copy_rows(
+        Response,
+        "id prompt_id text model_name outcome outcome_source created_at".split(),
+        response_rows,
+    )
     _copy_rows(
         Task,
         [
@@ -160,14 +157,21 @@ def _write_portable(project: Project, items: list[ImportLine]) -> None:
                 metadata=i.metadata,
                 image=i.image or "",
                 context=i.context,
+                hidden=i.hidden,
                 split=i.split,
             )
             for i in batch
         )
         responses = Response.objects.bulk_create(
-            Response(prompt=p, text=text, model_name=model)
+            Response(
+                prompt=p,
+                text=text,
+                model_name=model,
+                outcome=_outcome(i, position)[0],
+                outcome_source=_outcome(i, position)[1],
+            )
             for p, i in zip(prompts, batch, strict=True)
-            for text, model in i.responses
+            for position, (text, model) in enumerate(i.responses)
         )
         asked = [(p, i) for p, i in zip(prompts, batch, strict=True) if i.responses]
         tasks = Task.objects.bulk_create(
@@ -179,6 +183,14 @@ def _write_portable(project: Project, items: list[ImportLine]) -> None:
             for position in range(len(item.responses)):
                 slots.append(TaskResponse(task=task, response=next(cursor), position=position))
         TaskResponse.objects.bulk_create(slots)
+
+
+def _outcome(item: ImportLine, position: int) -> tuple[str, str]:
+    """The imported outcome of a line's response and its source ("imported"), or ("", "") when
+    the line has none (a simulator may write one later; it never overwrites an imported one)."""
+    if not item.outcomes:
+        return "", ""
+    return item.outcomes[position], "imported"
 
 
 def write_tasks(*, project: Project, items: list[ImportLine]) -> None:
@@ -269,6 +281,9 @@ def _finish(job: ImportJob, parsed: ParsedImport, batch: ImageBatch) -> ImportJo
         )
         if not done:
             raise ImportAbandoned(f"import {job.pk} was given up while it was writing")
+        # Responses that came without an outcome get a simulated one (hindsight kind), by a job
+        # sent on commit: it exists exactly when the tasks do.
+        outcome_job_start(project=job.project, import_job=job)
     job.refresh_from_db()
     return job
 

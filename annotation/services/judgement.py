@@ -1,4 +1,13 @@
-"""Submitting judgements: validate, insert once, count, commit. Nothing else on this path."""
+"""Submitting judgements: validate, insert once, count, commit. Nothing else on this path.
+
+A kind with phases (`Kind.phases`, e.g. hindsight's foresight then hindsight) gives one judgement
+per phase on the same assignment, each its own row: phases go in order (a later one before an
+earlier one is a Conflict), a stored phase is locked (the same phase again with another key is a
+Conflict; with its own key it is replayed), idempotency keys are per phase, and only the last
+phase completes the assignment and counts toward the task's overlap. An earlier phase given after
+the lease expired is kept, as any late judgement is; `assignment_acquire` gives the annotator the
+same assignment back to finish.
+"""
 
 import json
 from typing import Any
@@ -48,8 +57,22 @@ def judgement_submit(
     payload, answer = kind.validate_payload(data, task=_task_context(kind, assignment))
     rationale, time_spent_ms = clean_common(data)
     now = timezone.now()
+    phase = _phase_of(kind, data)
     try:
         with transaction.atomic():
+            if kind.phases:
+                judgement, created = _submit_phase(
+                    kind=kind,
+                    phase=phase,
+                    assignment=assignment,
+                    key=key,
+                    payload=payload,
+                    answer=answer,
+                    rationale=rationale,
+                    time_spent_ms=time_spent_ms,
+                    now=now,
+                )
+                return judgement, created
             if connection.vendor == "postgresql":
                 stored = _submit_postgres(
                     assignment=assignment,
@@ -72,7 +95,7 @@ def judgement_submit(
             current = Assignment.objects.select_for_update().get(pk=assignment.pk)
             if current.status == Assignment.Status.SUBMITTED:
                 # A replay finds its judgement here; the first submission never pays for this look-up.
-                previous = Judgement.objects.get(assignment=current)
+                previous = Judgement.objects.get(assignment=current, phase="")
                 if previous.idempotency_key != key:
                     raise Conflict(
                         "this assignment already has a judgement (submitted with another key)"
@@ -95,34 +118,103 @@ def judgement_submit(
                 late=late,
                 commit_seq=_commit_seq(),
             )
-            if current.status == Assignment.Status.LEASED:
-                task.live_leases = max(0, task.live_leases - 1)
-            current.status = Assignment.Status.SUBMITTED
-            current.finished_at = now
-            current.save(update_fields=["status", "finished_at"])
-            task.judgement_count += 1
-            task.is_complete = task.judgement_count >= task.overlap
-            task.answer_counts = {
-                **task.answer_counts,
-                answer: task.answer_counts.get(answer, 0) + 1,
-            }
-            task.next_lease_expiry = earliest_live_expiry(task)
-            task.save(
-                update_fields=[
-                    "live_leases",
-                    "judgement_count",
-                    "is_complete",
-                    "answer_counts",
-                    "next_lease_expiry",
-                ]
-            )
+            _finish(task=task, assignment=current, answer=answer, now=now)
     except IntegrityError:
         # The key was used before: by this assignment in a racing retry (its row is the answer),
-        # or by another assignment (a conflict).
-        previous = _previous(annotator_id=annotator_id, key=key, assignment=assignment)
+        # or by another assignment or phase (a conflict).
+        previous = _previous(annotator_id=annotator_id, key=key, assignment=assignment, phase=phase)
         if previous is None:
             raise
         return previous, False
+    return judgement, True
+
+
+def _finish(*, task: Task, assignment: Assignment, answer: str, now: Any) -> None:
+    """Completes the assignment and counts its judgement on the task. Caller holds both locks."""
+    if assignment.status == Assignment.Status.LEASED:
+        task.live_leases = max(0, task.live_leases - 1)
+    assignment.status = Assignment.Status.SUBMITTED
+    assignment.finished_at = now
+    assignment.save(update_fields=["status", "finished_at"])
+    task.judgement_count += 1
+    task.is_complete = task.judgement_count >= task.overlap
+    task.answer_counts = {**task.answer_counts, answer: task.answer_counts.get(answer, 0) + 1}
+    task.next_lease_expiry = earliest_live_expiry(task)
+    task.save(
+        update_fields=[
+            "live_leases",
+            "judgement_count",
+            "is_complete",
+            "answer_counts",
+            "next_lease_expiry",
+        ]
+    )
+
+
+def _phase_of(kind: Kind, data: dict[str, Any]) -> str:
+    """The phase the body gives: one of the kind's phases, or "" for a kind without phases."""
+    if not kind.phases:
+        return ""
+    phase = data.get("phase")
+    if phase not in kind.phases:
+        raise InvalidInput(
+            f"phase: must be one of {', '.join(kind.phases)}",
+            errors=[{"field": "phase", "message": "unknown phase"}],
+        )
+    return phase
+
+
+def _submit_phase(
+    *,
+    kind: Kind,
+    phase: str,
+    assignment: Assignment,
+    key: str,
+    payload: dict[str, Any],
+    answer: str,
+    rationale: str,
+    time_spent_ms: int | None,
+    now: Any,
+) -> tuple[Judgement, bool]:
+    """One phase of a phased kind's judgement, under the task's and the assignment's locks (in
+    that order, as everywhere). Caller owns the transaction."""
+    task = (
+        Task.objects.select_for_update(of=("self",))
+        .select_related("project")
+        .get(pk=assignment.task_id)
+    )
+    project_ensure_writable(project=task.project)
+    current = Assignment.objects.select_for_update().get(pk=assignment.pk)
+    stored = {j.phase: j for j in Judgement.objects.filter(assignment=current)}
+    if phase in stored:
+        if stored[phase].idempotency_key != key:
+            raise Conflict(
+                f"the {phase} judgement of this assignment is already stored and can no longer "
+                "change (it was submitted with another Idempotency-Key)"
+            )
+        return stored[phase], False
+    if current.status == Assignment.Status.SKIPPED:
+        raise Conflict("this assignment was skipped; lease the task again to judge it")
+    missing = next((p for p in kind.phases[: kind.phases.index(phase)] if p not in stored), None)
+    if missing is not None:
+        raise Conflict(f"the {missing} judgement of this assignment comes before the {phase} one")
+    judgement = Judgement.objects.create(
+        task=task,
+        assignment=current,
+        phase=phase,
+        annotator_id=current.annotator_id,
+        project_id=task.project_id,
+        kind=task.kind,
+        payload=payload,
+        answer=answer,
+        rationale=rationale,
+        time_spent_ms=time_spent_ms,
+        idempotency_key=key,
+        late=current.status == Assignment.Status.EXPIRED or current.expires_at <= now,
+        commit_seq=_commit_seq(),
+    )
+    if phase == kind.phases[-1]:
+        _finish(task=task, assignment=current, answer=answer, now=now)
     return judgement, True
 
 
@@ -245,8 +337,14 @@ def _submit_postgres(
     return judgement
 
 
-def _previous(*, annotator_id: int, key: str, assignment: Assignment) -> Judgement | None:
+def _previous(
+    *, annotator_id: int, key: str, assignment: Assignment, phase: str
+) -> Judgement | None:
     previous = Judgement.objects.filter(annotator_id=annotator_id, idempotency_key=key).first()
     if previous is not None and previous.assignment_id != assignment.pk:
         raise Conflict("this Idempotency-Key was already used for another assignment")
+    if previous is not None and previous.phase != phase:
+        # Keys are per phase: replaying the foresight key as a hindsight body must not pass for
+        # a stored hindsight judgement.
+        raise Conflict(f"this Idempotency-Key was already used for the {previous.phase} judgement")
     return previous

@@ -9,9 +9,11 @@
 
 Each body runs inside one attempt (round_attempts): every write sits in a transaction that starts
 with `run_fence`. Reads go through annotation/selectors/round_data.py; what depends on the project's
-feedback kind (the export shape trained on, how a selected pair becomes a task) comes from the
-kind's loop hooks. `training` is imported inside the bodies: it costs torch, which the web process
-never needs.
+feedback kind comes from the kind's loop hooks (annotation/kinds/pairwise_loop.py): the export
+shape trained on, which trainer fits the reward model (a text ensemble, or Fact-RLHF for images
+with facts) and the policy (DPO, or vision DPO), which generator answers a prompt (text, or with
+its image), what the reward model reads, and how a selected pair becomes a task. `training` is
+imported inside the bodies and hooks: it costs torch, which the web process never needs.
 """
 
 import random
@@ -20,6 +22,7 @@ from typing import Any
 
 from django.db import transaction
 
+from ..errors import TandemError
 from ..loop import LoopSettings
 from ..models import ModelVersion, Project, Prompt, Response, Round, Task, TaskResponse, TrainingRun
 from ..selectors.round_data import (
@@ -32,6 +35,7 @@ from ..selectors.round_data import (
     prompt_batch,
     round_candidates,
 )
+from .outcomes import outcomes_simulate_now
 from .round_attempts import StageError, artifact_root, publish_once, run_fence, version_register
 
 STAGES = ("reward", "policy", "generate", "select")
@@ -59,32 +63,27 @@ def storable_text(text: str) -> str:
 
 def stage_reward(run: TrainingRun, loop: LoopSettings, progress: Progress) -> None:
     from training.artifacts import read_manifest
-    from training.data import split_by_prompt
-    from training.reward import EnsembleConfig, RewardConfig, train_reward_ensemble
 
     loop_round, project = run.round, run.round.project
+    hooks = project_loop_hooks(project)
     pairs, cursor, count = human_pairs(project)
-    train, held_out = split_by_prompt(pairs, eval_fraction=0.2, seed=project.pk)
+    train, held_out = hooks.reward_split(pairs, seed=project.pk)
     if len(train) < 4 or not held_out:
         raise StageError(
             f"the reward ensemble needs more decisive human judgements: {count} so far "
             "(ties and both-bad answers do not count)"
         )
-    config = EnsembleConfig(
-        members=loop.ensemble_members,
-        reward=RewardConfig(**{"backbone": loop.reward_backbone, **loop.reward}),
-    )
     name = f"round-{loop_round.number}-reward"
     path, metrics = publish_once(
         run,
         artifact_root(project),
         name,
-        lambda scratch: train_reward_ensemble(
+        lambda scratch: hooks.train_reward(
             train,
-            config,
+            held_out,
+            loop=loop,
             root=scratch,
             name=name,
-            eval_pairs=held_out,
             progress=progress,
             data_cursor=cursor,
         ),
@@ -104,9 +103,10 @@ def stage_reward(run: TrainingRun, loop: LoopSettings, progress: Progress) -> No
 
 
 def stage_policy(run: TrainingRun, loop: LoopSettings, progress: Progress) -> None:
-    from training.policy import DPOConfig, train_dpo
+    from training.policy import DPOConfig
 
     loop_round, project = run.round, run.round.project
+    hooks = project_loop_hooks(project)
     pairs, cursor = policy_pairs(project, loop_round)
     if not pairs:
         raise StageError(
@@ -120,9 +120,10 @@ def stage_policy(run: TrainingRun, loop: LoopSettings, progress: Progress) -> No
         run,
         artifact_root(project),
         name,
-        lambda scratch: train_dpo(
+        lambda scratch: hooks.train_policy(
             pairs,
             config,
+            project=project,
             policy_ref=previous.artifact_path,
             reference_ref=base.artifact_path,
             root=scratch,
@@ -141,9 +142,10 @@ def stage_policy(run: TrainingRun, loop: LoopSettings, progress: Progress) -> No
 
 
 def stage_generate(run: TrainingRun, loop: LoopSettings, progress: Progress) -> None:
-    from training.generation import GenerationConfig, TransformersGenerator
+    from training.generation import GenerationConfig
 
     loop_round, project = run.round, run.round.project
+    hooks = project_loop_hooks(project)
     policy = loop_round.policy_version or ModelVersion.objects.get(
         project=project, kind="policy", round=loop_round.number
     )
@@ -157,17 +159,15 @@ def stage_generate(run: TrainingRun, loop: LoopSettings, progress: Progress) -> 
     config = GenerationConfig(
         **{"k": loop.samples_per_prompt, "seed": loop_round.number, **loop.generation}
     )
-    current = TransformersGenerator(policy.artifact_path)
+    current = hooks.generator(policy.artifact_path, project=project)
     progress_total = len(prompts) + 2 * len(evaluation)
-    samples = current.generate([p.messages for p in prompts], config)
+    samples = current.generate(prompts, config)
     progress(_Step(len(prompts), progress_total))
     single = GenerationConfig(**{**config.__dict__, "k": 1})
-    new_side = current.generate([p.messages for p in evaluation], single) if evaluation else []
+    new_side = current.generate(evaluation, single) if evaluation else []
     del current
     old_side = (
-        TransformersGenerator(previous.artifact_path).generate(
-            [p.messages for p in evaluation], single
-        )
+        hooks.generator(previous.artifact_path, project=project).generate(evaluation, single)
         if evaluation
         else []
     )
@@ -225,7 +225,7 @@ def stage_select(run: TrainingRun, loop: LoopSettings, progress: Progress) -> No
 
     ensemble = RewardEnsemble.load(loop_round.reward_version.artifact_path)
     flat_prompts = [
-        prompts[pid].messages
+        hooks.reward_prompt(prompts[pid])
         for pid, texts in zip(prompt_ids, candidates, strict=True)
         for _ in texts
     ]
@@ -238,6 +238,14 @@ def stage_select(run: TrainingRun, loop: LoopSettings, progress: Progress) -> No
     ]
     selected = select_pairs(candidates, per_prompt, strategy=loop.selection, seed=loop_round.number)
     humans = round(len(selected) * loop.human_share)
+    if hooks.simulates_outcomes:
+        # Before any task exists: an annotator must never reach the hindsight phase of a loop
+        # task whose outcome is still missing. Outside the fence's transaction: it is slow, and
+        # the outcomes it writes are right whichever attempt wrote them.
+        try:
+            outcomes_simulate_now(project=project)
+        except TandemError as exc:
+            raise StageError(str(exc)) from None
     progress(_Step(1, 2))
 
     with transaction.atomic():

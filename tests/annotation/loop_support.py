@@ -1,4 +1,5 @@
-"""Real Celery workers (and a throwaway Redis) for the loop's end-to-end and fault tests."""
+"""Real Celery workers (and a throwaway Redis) for the loop's end-to-end and fault tests, and the
+tiny models and drawn-scene project of the multimodal (hallucination) loop's tests."""
 
 import base64
 import json
@@ -30,10 +31,17 @@ def wait_for(condition: Callable[[], object], *, timeout: float, what: str, ever
 
 @contextmanager
 def celery_worker(
-    *, artifacts: Path, broker: str, log: Path, stale_seconds: int = 8, tick_seconds: float = 1.0
+    *,
+    artifacts: Path,
+    broker: str,
+    log: Path,
+    stale_seconds: int = 8,
+    tick_seconds: float = 1.0,
+    media: Path | None = None,
 ):
     """A worker process with embedded beat on the test database, in its own process group.
 
+    `media`: the test's media root (where its images are stored), for stages that open images.
     Yields the Popen; leaving the block (or the test failing) kills the whole group.
     """
     env = {
@@ -46,6 +54,7 @@ def celery_worker(
         "TANDEM_LOOP_STALE_SECONDS": str(stale_seconds),
         "TANDEM_LOOP_TICK_SECONDS": str(tick_seconds),
         "PYTHONUNBUFFERED": "1",
+        **({"DJANGO_MEDIA_ROOT": str(media)} if media is not None else {}),
     }
     schedule = log.with_suffix(".beat")
     handle = log.open("ab")
@@ -168,3 +177,103 @@ def _run_id(message: bytes) -> int:
     envelope = json.loads(message)
     assert envelope["headers"]["task"] == "annotation.tasks.run_round_stage", envelope["headers"]
     return json.loads(base64.b64decode(envelope["body"]))[0][0]
+
+
+# --- the multimodal loop: tiny models and a project of drawn scenes -----------------------------
+
+
+def tiny_vision_models(root: Path) -> tuple[Path, Path]:
+    """(π_0, reward backbone) for the hallucination loop, built from configs under `root`.
+
+    π_0 is training.vision.build_tiny_vlm (32 px images in 8 px patches: 16 image tokens); the
+    Fact-RLHF reward reads text, so its backbone is a tiny Llama on the same scenes tokenizer.
+    Both are untrained: the tests check the loop's plumbing and records, not learning (the package
+    tests and bench/hallucination_loop.py do that).
+    """
+    from training.models import TinyModelConfig, build_tiny_causal_lm, build_tokenizer
+    from training.vision import build_tiny_vlm, scenes_corpus
+
+    corpus = scenes_corpus(n_scenes=40, seed=0)
+    policy = build_tiny_vlm(root / "vlm-pi0", corpus=corpus, seed=0)
+    tokenizer = build_tokenizer(corpus, vocab_size=600, model_max_length=512)
+    reward = root / "fact-reward-backbone"
+    build_tiny_causal_lm(
+        tokenizer, TinyModelConfig(hidden_size=32, heads=2, intermediate=64), reward
+    )
+    return policy, reward
+
+
+# Small enough that a round takes seconds on two cores.
+TINY_VISION_LOOP: dict = {
+    "samples_per_prompt": 4,
+    "ensemble_members": 2,
+    "reward": {"epochs": 2.0, "learning_rate": 3e-3, "batch_size": 8, "max_length": 160},
+    "policy": {"epochs": 1.0, "learning_rate": 1e-3, "batch_size": 8, "max_length": 128},
+    "generation": {"max_new_tokens": 12, "temperature": 1.0},
+}
+
+
+def hallucination_loop_project(
+    *,
+    creator,
+    policy: Path,
+    reward_backbone: Path,
+    labelled: int = 24,
+    prompts_per_round: int = 8,
+    eval_prompts: int = 4,
+    image_size: int = 64,
+):
+    """A hallucination project of drawn scenes with its loop on, made through the services.
+
+    `labelled` round-0 tasks of two answers that really hallucinate (the demo's) on training
+    prompts (round r generates for slice r of them, `prompts_per_round` long) and `eval_prompts`
+    held-out prompts without answers. Every prompt carries its image, captions (context) and
+    scene (metadata, for the SceneOracle). Precondition: no transaction is open (images are kept
+    only once the rows that name them commit).
+    """
+    import io
+    import json
+
+    from django.db import transaction
+
+    from annotation import services
+    from annotation.demo_hallucination import demo_tasks
+    from annotation.models import FeedbackKind, ImportJob
+    from annotation.services.images import ImageBatch, image_store
+    from annotation.services.rounds import loop_configure
+
+    project = services.project_create(
+        creator=creator,
+        name="Shapes loop",
+        kind=FeedbackKind.HALLUCINATION,
+        overlap=1,
+        lease_seconds=300,
+    )
+    drawn = demo_tasks(seed=3, tasks=labelled + eval_prompts, size=image_size)
+    lines = []
+    with ImageBatch(project=project) as batch:
+        for index, task in enumerate(drawn):
+            image = image_store(project=project, data=task["png"], name=f"{index}.png", batch=batch)
+            line = {**task["line"], "image": f"sha256:{image.sha256}"}
+            if index >= labelled:
+                line.update(responses=[], split="eval")
+            lines.append(line)
+        body = "".join(json.dumps(line) + "\n" for line in lines).encode()
+        with transaction.atomic():
+            batch.write_rows()
+            job = services.import_create(
+                project=project, user=creator, stream=io.BytesIO(body), size=len(body)
+            )
+    assert job.status == ImportJob.Status.DONE, job.errors
+    loop_configure(
+        project=project,
+        data={
+            **TINY_VISION_LOOP,
+            "enabled": True,
+            "policy_model": str(policy),
+            "reward_backbone": str(reward_backbone),
+            "prompts_per_round": prompts_per_round,
+            "eval_prompts": eval_prompts,
+        },
+    )
+    return project

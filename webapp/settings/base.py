@@ -224,6 +224,11 @@ CELERY_BEAT_SCHEDULE = {
         "schedule": 60.0,
         "options": {"expires": 60.0},
     },
+    "outcome-sweep": {
+        "task": "annotation.tasks.outcome_sweep",
+        "schedule": 60.0,
+        "options": {"expires": 60.0},
+    },
     # Expired tokens are refused at once; deleting their rows can wait.
     "token-sweep": {
         "task": "annotation.tasks.token_sweep",
@@ -248,6 +253,14 @@ TANDEM_MODEL_ROOTS = [
 ]
 # An import job that has not reported progress for this long died with its worker: it is failed.
 TANDEM_IMPORT_STALE_SECONDS = int(os.environ.get("TANDEM_IMPORT_STALE_SECONDS", "600"))
+# OpenAI-compatible servers a hindsight project's outcome simulator may call: exact base URLs the
+# operator lists (comma-separated). A project names one of these, never an address of its own, so
+# no setting can make the worker request an internal address (SSRF).
+TANDEM_SIMULATOR_URLS = [
+    u.strip() for u in os.environ.get("TANDEM_SIMULATOR_URLS", "").split(",") if u.strip()
+]
+# The simulator server's key: the operator's, never a project setting.
+TANDEM_SIMULATOR_API_KEY = os.environ.get("TANDEM_SIMULATOR_API_KEY", "")
 # Images (multimodal kinds) are verified by decoding: a file over this many bytes is refused
 # before it is decoded, and one declaring more pixels than this (a decompression bomb: a few KB
 # that decode to gigabytes) before a pixel is decoded. 40 MP is a 7,700×5,200 photo.

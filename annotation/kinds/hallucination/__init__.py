@@ -6,20 +6,23 @@ by default); and may correct one response (RLHF-V's fine-grained correctional fe
 `payload.py` for what a judgement may hold, `exports.py` for the four export shapes and `stats.py`
 for the project page's rates and span agreement.
 
-The online loop does not serve this kind (`loop` is None): its policy would be a vision-language
-model, which the loop's trainers do not build.
+The online loop serves it through `loop.py` (`HallucinationLoop`): a vision-language policy trained
+by vision DPO, a Fact-RLHF reward model that reads each image's captions, answers generated with
+the image, and blind π_r-vs-π_{r-1} evaluations on held-out images.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from .. import register
 from ..base import CORE_KEYS, Key, Kind, LineExtras, SettingField, TaskContext
 from . import payload as _payload
 from .exports import SHAPES
+from .loop import HallucinationLoop
 from .payload import DEFAULT_CATEGORIES, MAX_CATEGORIES, MAX_CATEGORY_CHARS, agreement_key
+from .round_stats import HallucinationRounds, policy_round_stats
 
 # The page's keyboard map, in the order of the shortcuts panel. The two verdicts sit on the rows
 # pairwise uses for its choice and strength (1 2 3 / q w e), so a key means the same across kinds.
@@ -82,8 +85,9 @@ class Hallucination(Kind):
     needs_settings = True
     requires_image = True
     export_shapes = SHAPES
-    loop = None
+    loop = HallucinationLoop()
     stats_template = "annotation/kinds/hallucination_stats.html"
+    round_stats_template = "annotation/kinds/hallucination_rounds.html"
     oracle_annotator = "annotation.kinds.hallucination.simulation.SceneOracle"
     # Errors of these fields show beside them on the page ("spans[2].end" goes to "spans").
     form_fields = ("choice", "helpful_choice", "spans", "correction")
@@ -170,6 +174,17 @@ class Hallucination(Kind):
         from ...selectors.hallucination import hallucination_dashboard
 
         return hallucination_dashboard(project)
+
+    def round_stats(
+        self,
+        judged: Iterable[Any],
+        *,
+        policies: Iterable[tuple[int, int, str]],
+        settings: Mapping[str, Any],
+    ) -> HallucinationRounds:
+        """Per policy (model version): the share of its answers with a hallucinated span, by
+        category, and the spans marked, held out and over all tasks; see `round_stats.py`."""
+        return policy_round_stats(judged, policies=policies, settings=settings)
 
     def gold_score(self, payload: Mapping[str, Any], gold: Mapping[str, Any]) -> float | None:
         """1.0 when the judgement gives the gold answer to both questions, else 0.0."""

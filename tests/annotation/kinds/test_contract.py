@@ -48,7 +48,15 @@ _SHAPES_SEEN = "Two red circles sit left of a blue square. 😀 The square is la
 _SHAPES_OTHER = "Three green triangles float above a café table."
 
 
+def _hindsight_example() -> Example:
+    # Imported here: that module imports this one's helpers.
+    from tests.annotation.kinds.test_hindsight_exports import hindsight_example
+
+    return hindsight_example()
+
+
 EXAMPLES: dict[str, Callable[[], Example]] = {
+    "hindsight": _hindsight_example,
     "pairwise": lambda: Example(
         lines=[
             {
@@ -155,6 +163,8 @@ def test_a_kind_is_named_and_its_templates_exist(kind: Kind):
         get_template(f"{kind.template}#{part}")
     if kind.stats_template:
         get_template(kind.stats_template)
+    if kind.round_stats_template:
+        get_template(kind.round_stats_template)
 
 
 @pytest.mark.parametrize("kind", KINDS, ids=IDS)

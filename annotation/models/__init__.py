@@ -38,23 +38,15 @@ class Project(models.Model):
         max_length=20, choices=FeedbackKind.choices, default=FeedbackKind.PAIRWISE
     )
     instructions = models.TextField(blank=True, help_text="Markdown; rendered through a sanitizer.")
-    overlap = models.PositiveSmallIntegerField(
-        default=1, help_text="Judgements wanted per task, from distinct annotators."
-    )
-    lease_seconds = models.PositiveIntegerField(
-        default=600, help_text="How long a leased task stays with one annotator."
-    )
-    rubric = models.JSONField(
-        default=list, blank=True, help_text="Attribute rubric for rating projects."
-    )
+    overlap = models.PositiveSmallIntegerField(default=1, help_text="Judgements wanted per task.")
+    lease_seconds = models.PositiveIntegerField(default=600, help_text="Seconds a lease lasts.")
+    rubric = models.JSONField(default=list, blank=True, help_text="Rubric of rating projects.")
     kind_settings = models.JSONField(
         default=dict,
         blank=True,
         help_text="Settings of the project's feedback kind, validated by the kind's module.",
     )
-    gold_ratio = models.FloatField(
-        default=0.0, help_text="Share of gold items mixed into the queue."
-    )
+    gold_ratio = models.FloatField(default=0.0, help_text="Share of gold items in the queue.")
     loop = models.JSONField(
         default=dict,
         blank=True,
@@ -132,6 +124,8 @@ class Prompt(models.Model):
         default=dict, blank=True, help_text="Factual context: captions, reference answer."
     )
     split = models.CharField(max_length=5, choices=Split.choices, default=Split.TRAIN)
+    # Facts the hindsight kind's outcome simulator reads; never shown to annotators, never exported.
+    hidden = models.JSONField(default=dict, blank=True, db_default={})
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
@@ -189,6 +183,13 @@ class Response(models.Model):
     model_name = models.CharField(max_length=200, blank=True)
     model_version = models.ForeignKey(
         ModelVersion, null=True, blank=True, on_delete=models.SET_NULL
+    )
+    outcome = models.TextField(blank=True, db_default="", help_text="What happened when acted on.")
+    outcome_source = models.CharField(
+        max_length=10,
+        blank=True,
+        db_default="",
+        choices=[("", "None yet"), ("imported", "Imported"), ("simulated", "Simulated")],
     )
     created_at = models.DateTimeField(auto_now_add=True)
 
@@ -310,12 +311,15 @@ class Assignment(models.Model):
 
 
 class Judgement(models.Model):
-    """One annotator's answer to one task. Never updated after insert: exports rely on it."""
+    """One annotator's answer to one task. Never updated after insert: exports rely on it.
+
+    A kind with phases (`Kind.phases`) stores one row per phase of an assignment, the last one
+    completing it; single-phase kinds store one row with phase "".
+    """
 
     task = models.ForeignKey(Task, on_delete=models.CASCADE, related_name="judgements")
-    assignment = models.OneToOneField(
-        Assignment, on_delete=models.CASCADE, related_name="judgement"
-    )
+    assignment = models.ForeignKey(Assignment, on_delete=models.CASCADE, related_name="judgements")
+    phase = models.CharField(max_length=10, blank=True, default="", db_default="")
     annotator = models.ForeignKey(
         settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="judgements"
     )
@@ -342,6 +346,9 @@ class Judgement(models.Model):
             models.UniqueConstraint(
                 fields=["annotator", "idempotency_key"], name="one_judgement_per_key"
             ),
+            models.UniqueConstraint(
+                fields=["assignment", "phase"], name="one_judgement_per_assignment_phase"
+            ),
         ]
         indexes = [
             models.Index(fields=["project", "commit_seq", "id"], name="judgement_export_order")
@@ -349,38 +356,6 @@ class Judgement(models.Model):
 
     def __str__(self) -> str:
         return f"judgement {self.pk}"
-
-
-class ImportJob(models.Model):
-    class Status(models.TextChoices):
-        QUEUED = "queued", "Queued"
-        VALIDATING = "validating", "Validating"
-        IMPORTING = "importing", "Importing"
-        DONE = "done", "Done"
-        FAILED = "failed", "Failed"
-
-    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="imports")
-    created_by = models.ForeignKey(
-        settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+"
-    )
-    status = models.CharField(max_length=12, choices=Status.choices, default=Status.QUEUED)
-    filename = models.CharField(max_length=300, blank=True)
-    source_path = models.CharField(
-        max_length=500, blank=True, help_text="Uploaded file waiting for the worker."
-    )
-    size_bytes = models.BigIntegerField(default=0)
-    lines_total = models.PositiveIntegerField(default=0)
-    lines_done = models.PositiveIntegerField(default=0)
-    created = models.PositiveIntegerField(default=0)
-    errors = models.JSONField(default=list, blank=True)
-    created_at = models.DateTimeField(auto_now_add=True)
-    updated_at = models.DateTimeField(
-        auto_now=True, help_text="Last progress; a job silent for long died with its worker."
-    )
-    finished_at = models.DateTimeField(null=True, blank=True)
-
-    def __str__(self) -> str:
-        return f"import {self.pk} ({self.status})"
 
 
 class Round(models.Model):
@@ -403,9 +378,7 @@ class Round(models.Model):
     trigger = models.CharField(
         max_length=10, choices=[("auto", "Automatic"), ("manual", "Manual")], default="manual"
     )
-    judgements = models.PositiveIntegerField(
-        default=0, help_text="Human judgements the round trained on."
-    )
+    judgements = models.PositiveIntegerField(default=0, help_text="Human judgements trained on.")
     data_cursor = models.CharField(
         max_length=200, blank=True, help_text="Export cursor of the last judgement used."
     )
@@ -493,3 +466,7 @@ class ApiToken(AbstractAuthToken):
 
     def __str__(self) -> str:
         return f"token {self.token_key} of {self.user_id}"
+
+
+# The background jobs a manager watches (imports, simulated outcomes), kept in their own module.
+from .jobs import ImportJob, OutcomeJob  # noqa: E402, F401

@@ -1,0 +1,145 @@
+"""The hallucination kind's loop hooks: what a multimodal round trains on, reads and counts.
+
+The rounds themselves run in tests/annotation/services/test_rounds_hallucination.py.
+"""
+
+from types import SimpleNamespace
+
+import pytest
+
+from annotation.kinds import kind_for
+from annotation.kinds.hallucination.loop import HallucinationLoop
+from annotation.kinds.pairwise_loop import PairwiseLoop
+from annotation.selectors.round_data import loop_hooks
+
+SHA = "ab" * 32
+HOOKS = HallucinationLoop()
+
+
+def _row(image: str, chosen: str = "There is a red circle.", rejected: str = "There is a cat."):
+    return {
+        "images": [image],
+        "prompt": [
+            {
+                "role": "user",
+                "content": [{"type": "image"}, {"type": "text", "text": "What is there?"}],
+            }
+        ],
+        "chosen": [{"role": "assistant", "content": [{"type": "text", "text": chosen}]}],
+        "rejected": [{"role": "assistant", "content": [{"type": "text", "text": rejected}]}],
+        "context": {"captions": ["A red circle."]},
+    }
+
+
+def test_the_loop_serves_hallucination_projects_on_vision_pairs():
+    assert loop_hooks("hallucination") is kind_for("hallucination").loop
+    assert isinstance(HOOKS, PairwiseLoop) and HOOKS.training_shape == "vision_pairs"
+    assert HOOKS.training_shape in kind_for("hallucination").export_shapes
+    assert HOOKS.reads_context and not PairwiseLoop.reads_context
+
+
+@pytest.mark.parametrize(
+    ("answer", "new_position", "score"),
+    [
+        ("A", 0, 1.0),  # π_r's answer (slot A) hallucinates less
+        ("B", 0, 0.0),
+        ("B", 1, 1.0),
+        ("tie:A", 0, 1.0),  # as faithful, and π_r's is more helpful
+        ("tie:B", 0, 0.0),
+        ("tie:B", 1, 1.0),
+        ("tie", 0, 0.5),  # as faithful and as helpful
+        ("tie", 1, 0.5),
+    ],
+)
+def test_a_blind_evaluation_counts_the_verdict_then_helpfulness(answer, new_position, score):
+    assert HOOKS.evaluation_score(answer, new_position=new_position) == score
+
+
+def test_a_model_labelled_task_becomes_a_vision_pair_with_its_image_and_facts():
+    prompt = [{"role": "user", "content": "How many circles are there?"}]
+    row = HOOKS.labelled_row(
+        prompt=prompt,
+        texts=["first answer", "second answer"],
+        label={"choice": "B", "margin": 0.3},
+        image={"sha256": SHA, "format": "jpeg"},
+        context={"captions": ["Two circles."]},
+    )
+    assert row == {
+        "images": [f"images/{SHA}.jpg"],
+        "prompt": [
+            {
+                "role": "user",
+                "content": [
+                    {"type": "image"},
+                    {"type": "text", "text": "How many circles are there?"},
+                ],
+            }
+        ],
+        "chosen": [{"role": "assistant", "content": [{"type": "text", "text": "second answer"}]}],
+        "rejected": [{"role": "assistant", "content": [{"type": "text", "text": "first answer"}]}],
+        "context": {"captions": ["Two circles."]},
+    }
+    # Without a stored image the row cannot train a vision policy: training_pairs leaves it out.
+    imageless = HOOKS.labelled_row(prompt=prompt, texts=["a", "b"], label={"choice": "A"})
+    assert imageless["images"] == []
+    assert HOOKS.training_pairs([imageless, row]) == [row]
+
+
+def test_a_correction_trains_the_policy_as_a_pair_and_an_empty_one_does_not():
+    row = {
+        "image": f"images/{SHA}.png",
+        "question": "What is there?",
+        "prompt": [{"role": "user", "content": "What is there?"}],
+        "chosen": "There is a red circle.",
+        "rejected": "There is a red circle. There is a cat.",
+        "response": 1,
+    }
+    expected = _row(f"images/{SHA}.png", rejected="There is a red circle. There is a cat.")
+    del expected["context"]
+    expected["prompt"][0]["content"][1]["text"] = "What is there?"
+    assert HOOKS.correction_shape in kind_for("hallucination").export_shapes
+    assert HOOKS.correction_pairs([row]) == [expected]
+    unchanged = {**row, "chosen": row["rejected"] + " "}
+    emptied = {**row, "chosen": " "}
+    assert HOOKS.correction_pairs([unchanged, emptied]) == []
+    assert not PairwiseLoop.correction_shape  # the text loop takes none
+
+
+def test_the_reward_model_is_measured_on_images_it_never_saw():
+    rows = [_row(f"images/{i:064x}.png", chosen=f"answer {j}") for i in range(40) for j in range(3)]
+    train, held_out = HOOKS.reward_split(rows, seed=7)
+    assert train and held_out and len(train) + len(held_out) == len(rows)
+    seen = {row["images"][0] for row in train}
+    assert not seen & {row["images"][0] for row in held_out}
+    # Fixed by the seed (the project's id), so an image stays on its side round after round.
+    assert HOOKS.reward_split(rows, seed=7) == (train, held_out)
+    assert HOOKS.reward_split(rows[:60], seed=7)[1] == [r for r in held_out if r in rows[:60]]
+
+
+def test_the_reward_model_reads_the_facts_before_the_last_question():
+    prompt = SimpleNamespace(
+        messages=[
+            {"role": "system", "content": "Answer about the picture."},
+            {"role": "user", "content": "Is there a circle?"},
+            {"role": "assistant", "content": "Yes."},
+            {"role": "user", "content": "What colour is it?"},
+        ],
+        context={"captions": ["A red circle.", "A blue square."], "reference": "Red."},
+    )
+    read = HOOKS.reward_prompt(prompt)
+    assert read[:3] == prompt.messages[:3]
+    assert read[3] == {
+        "role": "user",
+        "content": "Image facts:\n- A red circle.\n- A blue square.\nReference answer: Red.\n\n"
+        "Question: What colour is it?",
+    }
+    # The same text the Fact-RLHF ensemble was trained on for a row of that prompt.
+    from training.fact_reward import fact_pairs
+
+    trained = fact_pairs(
+        [{"prompt": prompt.messages, "chosen": "x", "rejected": "y", "context": prompt.context}]
+    )
+    assert trained[0].prompt == read
+    # No facts: the question alone.
+    bare = HOOKS.reward_prompt(SimpleNamespace(messages=prompt.messages[1:2], context={}))
+    assert bare == [{"role": "user", "content": "Question: Is there a circle?"}]
