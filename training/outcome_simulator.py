@@ -220,11 +220,47 @@ class OutcomeSimulator:
         return outcomes
 
 
+def _marketplace(hidden: Mapping[str, Any], response: str) -> str:
+    from training.marketplace import simulate_outcome
+
+    return simulate_outcome(hidden, response)
+
+
+# World models known exactly, by name: the synthetic worlds the benches, demos and tests use,
+# where a language model's guess would only add noise to a consequence the facts fix.
+WORLDS = {"marketplace": _marketplace}
+
+
+class WorldSimulator:
+    """The outcome from a world model known exactly (``WORLDS``), instead of a language model.
+
+    Same contract as ``OutcomeSimulator.simulate``: one outcome per case, in order, or
+    GenerationError naming the case whose hidden facts the world cannot read.
+    """
+
+    def __init__(self, world: str) -> None:
+        if world not in WORLDS:
+            raise GenerationError(f"no world model named {world!r}; known: {', '.join(WORLDS)}")
+        self.world = WORLDS[world]
+
+    def simulate(self, cases: Sequence[OutcomeCase]) -> list[str]:
+        outcomes = []
+        for index, case in enumerate(cases):
+            try:
+                outcomes.append(self.world(case.hidden, case.response))
+            except ValueError as exc:
+                raise GenerationError(f"case {index}: {exc}") from None
+        return outcomes
+
+
 def make_outcome_simulator(
-    backend: Backend,
+    backend: Backend | str,
     model_ref: str | Path,
     config: SimulatorConfig | None = None,
     **generator_kwargs: Any,
-) -> OutcomeSimulator:
-    """A simulator on ``training.generation.make_generator(backend, model_ref, **kwargs)``."""
+) -> OutcomeSimulator | WorldSimulator:
+    """A simulator on ``training.generation.make_generator(backend, model_ref, **kwargs)``; with
+    backend "world", the exact world model named ``model_ref`` (``WORLDS``)."""
+    if backend == "world":
+        return WorldSimulator(str(model_ref))
     return OutcomeSimulator(make_generator(backend, model_ref, **generator_kwargs), config)

@@ -127,6 +127,8 @@ def _build_simulator(settings: dict[str, Any], batch_size: int) -> Any:
             "TANDEM_SIMULATOR_API_KEY", ""
         )
         return make_outcome_simulator(backend, model, config, base_url=url, api_key=key or None)
+    if backend == "world":
+        return make_outcome_simulator(backend, model, config)
     reference = model_reference_check("kind_settings.simulator_model", model)
     return make_outcome_simulator(backend, reference, config)
 

@@ -255,3 +255,23 @@ def test_an_empty_outcome_is_an_error_not_a_blank_reveal(server: Any) -> None:
     with pytest.raises(EmptyOutcome, match="case 1"):
         simulator.simulate(cases)
     assert issubclass(EmptyOutcome, GenerationError)
+
+
+def test_the_world_simulator_is_the_marketplace_world_model_and_names_a_bad_case() -> None:
+    from training.marketplace import Scenario, import_lines, simulate_outcome
+    from training.outcome_simulator import OutcomeCase, WorldSimulator, make_outcome_simulator
+
+    lines = list(import_lines(2, 5))
+    cases = [
+        OutcomeCase(conversation=[], response=r["text"], hidden=line["hidden"])
+        for line in lines
+        for r in line["responses"]
+    ]
+    world = make_outcome_simulator("world", "marketplace")
+    assert isinstance(world, WorldSimulator)
+    assert world.simulate(cases) == [simulate_outcome(c.hidden, c.response) for c in cases]
+    Scenario.from_hidden(cases[0].hidden)  # the facts are the world's own
+    with pytest.raises(GenerationError, match="case 1: not a marketplace scenario"):
+        world.simulate([cases[0], OutcomeCase(conversation=[], response="A", hidden={"x": 1})])
+    with pytest.raises(GenerationError, match="no world model named 'mars'"):
+        make_outcome_simulator("world", "mars")

@@ -53,6 +53,7 @@ class Hindsight(Kind):
     export_shapes = SHAPES
     phases = PHASES
     loop = HindsightLoop()
+    oracle_annotator = "annotation.kinds.hindsight.simulation.MarketplaceCustomer"
     stats_template = "annotation/kinds/hindsight_stats.html"
     round_stats_template = "annotation/kinds/hindsight_rounds.html"
     form_fields = ("phase", "ratings", "choice", "reason")

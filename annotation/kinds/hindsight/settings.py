@@ -33,7 +33,10 @@ from django.conf import settings as django_settings
 from ...loop import model_reference_check
 from ..base import SettingField, field_error
 
-BACKENDS = ("transformers", "vllm", "openai")
+BACKENDS = ("transformers", "vllm", "openai", "world")
+# World models known exactly (training.outcome_simulator.WORLDS; copied: importing training costs
+# the web process time): the synthetic worlds of the benches and demos.
+WORLDS = ("marketplace",)
 MAX_NEW_TOKENS = 2048
 MAX_TEMPERATURE = 2.0
 SEED_MAX = 2**32 - 1
@@ -125,6 +128,10 @@ def _model(value: Any, *, backend: str) -> str:
     model = _text("simulator_model", value)
     if not model:
         return ""
+    if backend == "world":
+        if model not in WORLDS:
+            raise _error("simulator_model", "the world backend knows " + ", ".join(WORLDS))
+        return model
     if backend == "openai":
         if not _SERVED_NAME.fullmatch(model):
             raise _error(
@@ -211,8 +218,9 @@ def settings_fields() -> list[SettingField]:
             "simulator_backend",
             "Simulator backend",
             "text",
-            "transformers (CPU or one GPU), vllm (GPU workers) or openai (an OpenAI-compatible "
-            "server the operator allows).",
+            "transformers (CPU or one GPU), vllm (GPU workers), openai (an OpenAI-compatible "
+            "server the operator allows) or world (an exact world model: simulator model "
+            "'marketplace', the synthetic marketplace of the benches and demos).",
         ),
         SettingField(
             "simulator_base_url",

@@ -137,3 +137,17 @@ def test_the_kind_delegates_its_settings_here() -> None:
     assert [f.name for f in kind.settings_fields()] == [f.name for f in sim.settings_fields()]
     with pytest.raises(InvalidInput):
         kind.clean_settings({"simulator_prompt": "{response}"})
+
+
+def test_the_world_backend_takes_only_a_known_world_and_the_lists_agree():
+    from annotation.kinds.hindsight import settings as hindsight_settings
+    from training.outcome_simulator import WORLDS
+
+    assert set(hindsight_settings.WORLDS) == set(WORLDS)
+    cleaned = hindsight_settings.clean_settings(
+        {"simulator_backend": "world", "simulator_model": "marketplace"}
+    )
+    assert (cleaned["simulator_backend"], cleaned["simulator_model"]) == ("world", "marketplace")
+    with pytest.raises(InvalidInput) as refused:
+        hindsight_settings.clean_settings({"simulator_backend": "world", "simulator_model": "/etc"})
+    assert "simulator_model" in str(refused.value.errors)

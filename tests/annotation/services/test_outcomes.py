@@ -333,3 +333,50 @@ def test_a_server_the_operator_no_longer_allows_is_refused_at_run_time(
     job = outcome_job_run(job_id=job.pk)
     assert job.status == "failed" and "no longer allowed" in job.error
     assert not Response.objects.filter(prompt__project=project, outcome_source="simulated").exists()
+
+
+def test_the_world_backend_writes_the_marketplace_outcome_exactly() -> None:
+    """With backend "world" the outcome is the world model's own sentence for each reply: the
+    bought option, its true features and whether it met the need, from the hidden facts."""
+    from training.marketplace import import_lines as market_lines
+    from training.marketplace import simulate_outcome
+
+    creator = UserFactory()
+    project = services.project_create(
+        creator=creator,
+        name="Market",
+        kind="hindsight",
+        kind_settings={"simulator_backend": "world", "simulator_model": "marketplace"},
+    )
+    lines = list(market_lines(4, seed=3))
+    body = jsonl(lines)
+    job = services.import_create(
+        project=project, user=creator, stream=io.BytesIO(body), size=len(body)
+    )
+    assert job.status == "done", job.errors
+    simulation = OutcomeJob.objects.get(import_job=job)
+    assert outcome_job_run(job_id=simulation.pk).status == "done"
+    written = Response.objects.filter(prompt__project=project).select_related("prompt")
+    assert written.count() == 8
+    for response in written:
+        assert response.outcome_source == "simulated"
+        assert response.outcome == simulate_outcome(response.prompt.hidden, response.text)
+        assert response.outcome.startswith(("You bought Option", "You bought nothing"))
+
+
+def test_the_world_backend_fails_the_job_on_facts_it_cannot_read() -> None:
+    creator = UserFactory()
+    project = services.project_create(
+        creator=creator,
+        name="Market",
+        kind="hindsight",
+        kind_settings={"simulator_backend": "world", "simulator_model": "marketplace"},
+    )
+    body = jsonl([{"prompt": "Which?", "responses": ["Option A."], "hidden": {"not": "a market"}}])
+    job = services.import_create(
+        project=project, user=creator, stream=io.BytesIO(body), size=len(body)
+    )
+    simulation = outcome_job_run(job_id=OutcomeJob.objects.get(import_job=job).pk)
+    assert simulation.status == "failed"
+    assert "not a marketplace scenario" in simulation.error
+    assert Response.objects.get(prompt__project=project).outcome_source == ""
