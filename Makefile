@@ -72,8 +72,11 @@ bench-images: install
 
 bench-training: install
 	$(PY) -m bench.oracle_loop --save-result --json bench/out/oracle_loop.json --plot bench/out/oracle_loop.png
+	$(PY) -m bench.hallucination_loop --save-result --json bench/out/hallucination_loop.json --plot bench/out/hallucination_loop.png
+	$(PY) -m bench.hindsight_loop --jobs 2 --save-result --json bench/out/hindsight_loop.json --plot bench/out/hindsight_loop.png
 	$(PY) bench/reward_real.py --save-result --json bench/out/reward_real.json
 
 bench-loop: install
 	$(PY) -m bench.loop_latency --save-result --json bench/out/loop_latency.json
 	$(PY) -m bench.round_one_replay --save-result --json bench/out/round_one_replay.json
+	$(PY) -m bench.web_hallucination_loop --save-result --json bench/out/web_hallucination_loop.json

@@ -33,7 +33,6 @@ nothing).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import random
 import shutil
@@ -48,6 +47,7 @@ from typing import Any
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench import common  # noqa: E402
 from bench.hindsight_world import (  # noqa: E402
     ARMS,
     build_init,
@@ -320,6 +320,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--work", type=Path, help="keep models here instead of a temp directory")
     parser.add_argument("--smoke", action="store_true", help="one tiny round of one seed")
+    parser.add_argument(
+        "--save-result", action="store_true", help="also save under bench/results/<date>/"
+    )
     args = parser.parse_args(argv)
     if args.plot is None and not args.smoke:
         args.plot = Path("bench/out/hindsight_loop.png")
@@ -333,7 +336,8 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     work = args.work or scratch_dir()
     try:
-        per_seed = run_seeds(work, settings, args.jobs)
+        with common.RunMeter() as meter:
+            per_seed = run_seeds(work, settings, args.jobs)
     finally:
         if args.work is None:
             shutil.rmtree(work, ignore_errors=True)
@@ -346,10 +350,21 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{seconds}s; load average at end: {os.getloadavg()[0]:.2f}; settings {asdict(settings)}")
     if args.plot:
         plot(shown, args.plot)
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        figures = {"rounds": rounds, "seeds": list(settings.seeds), "seconds": seconds}
-        args.json.write_text(json.dumps(figures, indent=2) + "\n")
+    figures = {"rounds": rounds, "seeds": list(settings.seeds), "seconds": seconds}
+    figures["per_seed"] = per_seed
+    figures["targets"] = check_targets(per_seed)
+    figures["settings"] = asdict(settings)
+    # Provenance first (commit, machine, load), then the keys: rounds, seeds, seconds.
+    data = common.record(
+        "hindsight_loop",
+        list(sys.argv[1:] if argv is None else argv),
+        meter,
+        figures,
+        json_path=args.json,
+        save=args.save_result,
+        smoke=args.smoke,
+    )
+    print(common.provenance_header(data))
     return 0
 
 

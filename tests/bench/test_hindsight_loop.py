@@ -30,7 +30,9 @@ def test_hindsight_loop_smoke(tmp_path: Path) -> None:
     )
     assert proc.returncode == 0, f"{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
     data = json.loads(out.read_text())
-    assert set(data) == {"rounds", "seeds", "seconds"}
+    # The keys, beside the provenance every bench records (commit, machine, load).
+    assert {"rounds", "seeds", "seconds"} <= set(data) and data["commit"]["sha"]
+    assert data["bench"] == "hindsight_loop" and "--smoke" in data["argv"]
     assert data["seeds"] == [0] and data["seconds"] > 0
     assert [r["round"] for r in data["rounds"]] == [0, 1]
     for r in data["rounds"]:

@@ -12,9 +12,12 @@ round's figures; otherwise the annotators work the queue dry once and it prints 
 reports (for hallucination, the rates per response source). Without --project it sets up a
 pairwise loop project on tiny CPU models itself: π_0 is the oracle's supervised warm start, the
 reward ensemble sits on π_0's backbone, and the first batch of tasks holds two π_0 samples per
-prompt.
+prompt. With `--kind hallucination` it sets up a hallucination loop project of drawn scenes
+instead (annotation/services/simulation_scenes.py), on the vision-language π_0 given by
+`--base-policy`.
 """
 
+import random
 import secrets
 import threading
 import time
@@ -36,6 +39,7 @@ from annotation.services.simulation import (
     oracle_annotator,
     oracle_project_setup,
 )
+from annotation.services.simulation_scenes import scene_project_setup, scene_prompts
 from annotation.services.tokens import token_issue
 
 
@@ -73,6 +77,13 @@ class Command(BaseCommand):
             type=int,
             help="an existing project of any kind that has an oracle (pairwise, hallucination); "
             "without it a pairwise loop project is created",
+        )
+        parser.add_argument(
+            "--kind",
+            choices=["pairwise", "hallucination"],
+            default="pairwise",
+            help="new project only: a pairwise loop on the --oracle's task, or a hallucination "
+            "loop on drawn scenes (needs --base-policy, a vision-language π_0)",
         )
         parser.add_argument(
             "--annotators", type=int, default=4, help="simulated annotators working in parallel"
@@ -138,7 +149,13 @@ class Command(BaseCommand):
         from training.oracles import oracle_named
 
         oracle = None
-        if not options["project"]:
+        if not options["project"] and options["kind"] == "hallucination":
+            if not options["base_policy"]:
+                raise CommandError(
+                    "--kind hallucination needs --base-policy: a vision-language π_0 inside "
+                    "TANDEM_MODEL_ROOTS (bench/web_hallucination_loop.py builds one)"
+                )
+        elif not options["project"]:
             try:
                 oracle = oracle_named(options["oracle"])
             except ValueError as exc:
@@ -177,6 +194,7 @@ class Command(BaseCommand):
             labelled = self._label_queue(options["url"], project_id, tokens, annotator, deadline)
             self.stdout.write(f"round {number}: annotators gave {labelled} judgements")
             if options["trigger"] == "manual":
+                self._wait_settled(project_id, deadline)
                 api.call("POST", f"/api/v1/projects/{project_id}/rounds", expect=(201,))
             self._wait_for_round(api, project_id, number, deadline)
         # The last round's evaluation tasks carry its headline number: label them too.
@@ -186,7 +204,7 @@ class Command(BaseCommand):
 
     def _create_project(self, api: Api, oracle: Any, options: dict[str, Any]) -> int:
         base = options["base_policy"]
-        if base is None:
+        if base is None and options["kind"] == "pairwise":
             self.stdout.write(
                 f"building π0 by supervised warm start ({options['warm_start_steps']} steps)"
             )
@@ -201,6 +219,27 @@ class Command(BaseCommand):
         return project.pk
 
     def _setup(self, oracle: Any, options: dict[str, Any], base: str | None, auto: bool) -> Project:
+        trigger = (
+            options["trigger_judgements"] or max(1, int(0.8 * options["prompts_per_round"]))
+            if auto
+            else 0
+        )
+        if options["kind"] == "hallucination":
+            # One slice of training prompts per round and one more for round 0, all distinct.
+            rng = random.Random(options["seed"])
+            size = options["prompts_per_round"]
+            train = scene_prompts(rng, (options["rounds"] + 1) * size, "train-")
+            return scene_project_setup(
+                creator=_simulator_user(),
+                policy=Path(base),
+                train=train,
+                evaluation=scene_prompts(rng, options["eval_prompts"], "eval-"),
+                prompts_per_round=size,
+                name=f"Shapes loop {time.strftime('%Y-%m-%d %H:%M:%S')}",
+                trigger_judgements=trigger,
+                loop={"selection": options["selection"]} if options["selection"] else None,
+                seed=options["seed"],
+            )
         return oracle_project_setup(
             creator=_simulator_user(),
             oracle_name=oracle.name,
@@ -209,11 +248,7 @@ class Command(BaseCommand):
             warm_start_steps=options["warm_start_steps"],
             prompts_per_round=options["prompts_per_round"],
             eval_prompts=options["eval_prompts"],
-            trigger_judgements=(
-                options["trigger_judgements"] or max(1, int(0.8 * options["prompts_per_round"]))
-            )
-            if auto
-            else 0,
+            trigger_judgements=trigger,
             selection=options["selection"],
         )
 
@@ -261,13 +296,25 @@ class Command(BaseCommand):
                     if lease.status_code == 204:
                         return
                     body = lease.json()
-                    api.call(
-                        "POST",
-                        f"/api/v1/assignments/{body['id']}/judgement",
-                        json=annotator.answer(body["task"]),
-                        headers={"Idempotency-Key": f"sim-{body['id']}"},
-                    )
-                    counts[i] += 1
+                    # A kind with phases (hindsight): the lease names the phase due; after each
+                    # judgement GET the assignment for the next phase and what it may now see
+                    # (the outcomes), as a person's client does.
+                    phase, task = body.get("phase"), body["task"]
+                    while True:
+                        key = f"sim-{body['id']}" + (f"-{phase}" if phase else "")
+                        api.call(
+                            "POST",
+                            f"/api/v1/assignments/{body['id']}/judgement",
+                            json=annotator.answer({**task, "phase": phase} if phase else task),
+                            headers={"Idempotency-Key": key},
+                        )
+                        counts[i] += 1
+                        if not phase:
+                            break
+                        detail = api.call("GET", f"/api/v1/assignments/{body['id']}").json()
+                        phase, task = detail["phase"], detail["task"]
+                        if not phase:
+                            break
             except InvalidInput as exc:  # e.g. a task the oracle cannot judge
                 errors.append(CommandError(exc.message))
             except BaseException as exc:  # noqa: BLE001 - reported by the main thread
@@ -285,6 +332,36 @@ class Command(BaseCommand):
         if errors:
             raise CommandError(f"an annotator failed: {errors[0]}")
         return sum(counts)
+
+    def _wait_settled(self, project_id: int, deadline: float) -> None:
+        """Waits until every judgement of the project is below the export horizon.
+
+        A round reads judgements through the exactly-once export, which stops at the oldest
+        transaction still running anywhere on the Postgres server (annotation/selectors/export.py):
+        started the moment the queue runs dry, a round on a busy server would train on fewer
+        judgements than the annotators gave, or refuse to start for want of them.
+        """
+        from django.db import connection
+
+        query = (
+            "SELECT coalesce(max(commit_seq), 0), "
+            "pg_snapshot_xmin(pg_current_snapshot())::text::bigint "
+            "FROM annotation_judgement WHERE project_id = %s"
+        )
+        waited = time.monotonic()
+        while time.monotonic() < deadline:
+            with connection.cursor() as cursor:
+                cursor.execute(query, [project_id])
+                newest, horizon = cursor.fetchone()
+            if newest < horizon:
+                if time.monotonic() - waited > 5:
+                    self.stdout.write(
+                        f"  waited {time.monotonic() - waited:.0f}s for other transactions on "
+                        "the database server to end"
+                    )
+                return
+            time.sleep(0.2)
+        raise CommandError("the judgements did not settle in time (a transaction left open?)")
 
     def _wait_for_round(self, api: Api, project_id: int, number: int, deadline: float) -> None:
         shown = ""

@@ -151,3 +151,36 @@ def test_tasks_it_cannot_judge_are_named():
     pending = {"id": 4, "responses": [{"text": "I recommend Option A.", "outcome": ""}]}
     with pytest.raises(InvalidInput, match="task 4: response 1 shows no outcome .* yet"):
         judge(pending, "hindsight")
+
+
+@pytest.mark.django_db(transaction=True)
+def test_simulate_annotators_judges_both_phases_against_a_live_server(live_server):
+    """The management command itself, over HTTP: a project whose outcomes the exact world model
+    simulates (backend "world"), two simulated customers, both phases of every task stored, and
+    the kind's figures printed."""
+    from django.core.management import call_command
+
+    from annotation.models import OutcomeJob, Task
+    from annotation.services.outcomes import outcome_job_run
+
+    creator = UserFactory(is_staff=True)
+    project = services.project_create(
+        creator=creator,
+        name="Market",
+        kind="hindsight",
+        kind_settings={"simulator_backend": "world", "simulator_model": "marketplace"},
+    )
+    body = "".join(json.dumps(line) + "\n" for line in marketplace.import_lines(6, 1)).encode()
+    job = services.import_create(
+        project=project, user=creator, stream=io.BytesIO(body), size=len(body)
+    )
+    assert job.status == "done", job.errors
+    assert outcome_job_run(job_id=OutcomeJob.objects.get(import_job=job).pk).status == "done"
+    out = io.StringIO()
+    call_command(
+        "simulate_annotators", url=live_server.url, project=project.pk, annotators=2, stdout=out
+    )
+    phases = list(Judgement.objects.filter(project=project).values_list("phase", flat=True))
+    assert sorted(phases) == ["foresight"] * 6 + ["hindsight"] * 6
+    assert all(t.is_complete for t in Task.objects.filter(project=project))
+    assert "flip" in out.getvalue().lower(), out.getvalue()
