@@ -120,6 +120,14 @@ def train_dpo(
             callbacks=progress_callbacks(progress, "dpo"),
             peft_config=lora_config(config) if config.lora else None,
         )
+        if len(trainer.train_dataset) == 0:
+            # TRL drops a pair whose prompt leaves no room for its answer within max_length;
+            # its own error ("num_samples=0") would not say which setting to change.
+            raise ValueError(
+                f"all {len(train_rows)} pairs were dropped: their prompts fill max_length "
+                f"({config.max_length} tokens) and leave no room for the answers; raise "
+                "the policy's max_length"
+            )
         metrics = summarise_metrics(trainer, train_quietly(trainer), ("rewards/", "logps/"))
         if eval_pairs:
             evaluation = trainer.evaluate()

@@ -14,17 +14,20 @@ specs (``{response:>999999999}`` would allocate a gigabyte) or conversions. ``{{
 literal braces.
 
 Django-free: the Celery job (``annotation/services/outcomes.py``) turns rows into ``OutcomeCase``
-and writes back what ``OutcomeSimulator.simulate`` returns.
+and writes back what ``simulate_with_utility`` returns: each outcome, with the response's true
+utility where the simulator knows it. Only a world model known exactly (``WorldSimulator``) does;
+a language model's outcome is a guess, so its utility is None (unknown), never a number read back
+from its own text.
 """
 
 from __future__ import annotations
 
 import json
 import string
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from training.data import Message
 from training.generation import (
@@ -219,23 +222,44 @@ class OutcomeSimulator:
                 outcomes.append(text)
         return outcomes
 
+    def simulate_with_utility(self, cases: Sequence[OutcomeCase]) -> list[tuple[str, None]]:
+        """``simulate``'s outcomes, each with None: a language model knows no true utility."""
+        return [(text, None) for text in self.simulate(cases)]
 
-def _marketplace(hidden: Mapping[str, Any], response: str) -> str:
+
+def _marketplace_outcome(hidden: Mapping[str, Any], response: str) -> str:
     from training.marketplace import simulate_outcome
 
     return simulate_outcome(hidden, response)
 
 
+def _marketplace_utility(hidden: Mapping[str, Any], response: str) -> float:
+    from training.marketplace import Scenario, true_utility
+
+    return true_utility(Scenario.from_hidden(hidden), response)
+
+
+@dataclass(frozen=True)
+class World:
+    """A world model known exactly: what happened (``outcome``) and what it was worth to the user
+    (``utility``), both from the hidden facts and the response; ValueError for facts it cannot
+    read."""
+
+    outcome: Callable[[Mapping[str, Any], str], str]
+    utility: Callable[[Mapping[str, Any], str], float]
+
+
 # World models known exactly, by name: the synthetic worlds the benches, demos and tests use,
 # where a language model's guess would only add noise to a consequence the facts fix.
-WORLDS = {"marketplace": _marketplace}
+WORLDS = {"marketplace": World(outcome=_marketplace_outcome, utility=_marketplace_utility)}
 
 
 class WorldSimulator:
     """The outcome from a world model known exactly (``WORLDS``), instead of a language model.
 
     Same contract as ``OutcomeSimulator.simulate``: one outcome per case, in order, or
-    GenerationError naming the case whose hidden facts the world cannot read.
+    GenerationError naming the case whose hidden facts the world cannot read. The world also
+    knows each response's true utility (``simulate_with_utility``).
     """
 
     def __init__(self, world: str) -> None:
@@ -244,17 +268,23 @@ class WorldSimulator:
         self.world = WORLDS[world]
 
     def simulate(self, cases: Sequence[OutcomeCase]) -> list[str]:
-        outcomes = []
+        return [text for text, _ in self.simulate_with_utility(cases)]
+
+    def simulate_with_utility(self, cases: Sequence[OutcomeCase]) -> list[tuple[str, float]]:
+        """One (outcome, true utility) per case, in order, both from the same hidden facts."""
+        results = []
         for index, case in enumerate(cases):
             try:
-                outcomes.append(self.world(case.hidden, case.response))
+                outcome = self.world.outcome(case.hidden, case.response)
+                utility = float(self.world.utility(case.hidden, case.response))
             except ValueError as exc:
                 raise GenerationError(f"case {index}: {exc}") from None
-        return outcomes
+            results.append((outcome, utility))
+        return results
 
 
 def make_outcome_simulator(
-    backend: Backend | str,
+    backend: Backend | Literal["world"],
     model_ref: str | Path,
     config: SimulatorConfig | None = None,
     **generator_kwargs: Any,

@@ -165,6 +165,9 @@ class Kind:
     # Each phase is stored as its own row; the first locks once the next is given, and only the
     # last completes the assignment and counts toward the task's overlap (services/judgement.py).
     phases: tuple[str, ...] = ()
+    # Whether a task shows its responses' outcomes (hindsight): a task imported without them is
+    # not leased until every response has one (`Task.ready`, set by the outcome simulation).
+    shows_outcomes: bool = False
 
     # --- project settings -----------------------------------------------------------------
 

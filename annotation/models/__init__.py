@@ -191,6 +191,12 @@ class Response(models.Model):
         db_default="",
         choices=[("", "None yet"), ("imported", "Imported"), ("simulated", "Simulated")],
     )
+    true_utility = models.FloatField(
+        null=True,
+        blank=True,
+        help_text="What acting on it was worth to the user, written with the outcome by an exact "
+        "world model only; null: unknown (imported utilities stay in the prompt's metadata).",
+    )
     created_at = models.DateTimeField(auto_now_add=True)
 
     def __str__(self) -> str:
@@ -220,6 +226,11 @@ class Task(models.Model):
         null=True, blank=True, help_text="Earliest expiry among the live leases."
     )
     is_complete = models.BooleanField(default=False)
+    ready = models.BooleanField(
+        default=True,
+        db_default=True,
+        help_text="Leased only when true: false while its responses wait for simulated outcomes.",
+    )
     answer_counts = models.JSONField(
         default=dict,
         db_default=models.Value({}, output_field=models.JSONField()),

@@ -322,3 +322,8 @@ def tokens_of(*, user: AbstractUser) -> QuerySet[ApiToken]:
         user=user,
         password_fingerprint=password_fingerprint(user),
     ).order_by("-created")
+
+
+def tasks_awaiting_outcomes(*, project_id: int) -> int:
+    """Tasks not yet leased because their responses wait for simulated outcomes (Task.ready)."""
+    return Task.objects.filter(project_id=project_id, ready=False, is_complete=False).count()

@@ -230,17 +230,26 @@ def _versioned() -> Exists:
     )
 
 
-def _versioned_slots(project: Project) -> dict[int, dict[int, tuple[int, int | None]]]:
-    """{task id: {position: (response id, model version id)}} of the tasks showing a model
-    version's answer (a few integers per task)."""
-    slots: dict[int, dict[int, tuple[int, int | None]]] = {}
-    for task_id, position, response_id, version_id in (
+_Slot = tuple[int, int | None, float | None]  # response id, model version id, true utility
+
+
+def _versioned_slots(project: Project) -> dict[int, dict[int, _Slot]]:
+    """{task id: {position: (response id, model version id, response's true utility)}} of the
+    tasks showing a model version's answer (a few numbers per task)."""
+    slots: dict[int, dict[int, _Slot]] = {}
+    for task_id, position, response_id, version_id, utility in (
         TaskResponse.objects.filter(task__project=project)
         .filter(_versioned())
-        .values_list("task_id", "position", "response_id", "response__model_version_id")
+        .values_list(
+            "task_id",
+            "position",
+            "response_id",
+            "response__model_version_id",
+            "response__true_utility",
+        )
         .iterator(chunk_size=CHUNK)
     ):
-        slots.setdefault(task_id, {})[position] = (response_id, version_id)
+        slots.setdefault(task_id, {})[position] = (response_id, version_id, utility)
     return slots
 
 
@@ -260,7 +269,7 @@ def judged_answers(*, project: Project) -> Iterator[JudgedAnswers]:
     ):
         shown = slots.get(task_id)
         if shown:  # a task made after the slots were read waits for the next page load
-            yield JudgedAnswers(purpose, payload, tuple(shown[p] for p in sorted(shown)))
+            yield JudgedAnswers(purpose, payload, tuple(shown[p][:2] for p in sorted(shown)))
 
 
 class PhasedAnswers(NamedTuple):
@@ -275,6 +284,9 @@ class PhasedAnswers(NamedTuple):
     phase: str
     task_round: int  # 0: a task the import made, its slots the line's responses in line order
     prompt_metadata: dict[str, Any]  # the prompt's import metadata (a kind's facts about it)
+    # Each shown response's `true_utility` by position (None: unknown), as an exact world model
+    # wrote it with the outcome.
+    slot_utilities: tuple[float | None, ...] = ()
 
 
 def phased_answers(*, project: Project) -> Iterator[PhasedAnswers]:
@@ -299,15 +311,17 @@ def phased_answers(*, project: Project) -> Iterator[PhasedAnswers]:
     ):
         shown = slots.get(task_id)
         if shown:  # a task made after the slots were read waits for the next page load
+            ordered = [shown[p] for p in sorted(shown)]
             yield PhasedAnswers(
                 purpose,
                 payload,
-                tuple(shown[p] for p in sorted(shown)),
+                tuple(slot[:2] for slot in ordered),
                 task_id,
                 annotator_id,
                 phase,
                 task_round,
                 metadata if isinstance(metadata, dict) else {},
+                tuple(slot[2] for slot in ordered),
             )
 
 

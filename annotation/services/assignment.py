@@ -34,7 +34,7 @@ def _queue_head(*, annotator: AbstractUser, project: Project, now: datetime) -> 
     return (
         Task.objects.select_for_update(skip_locked=True, of=("self",))
         .select_related("prompt")
-        .filter(has_room, project=project, is_complete=False)
+        .filter(has_room, project=project, is_complete=False, ready=True)
         .exclude(Exists(seen_before))
         .order_by("-priority", "id")
         .first()
@@ -71,7 +71,7 @@ def earliest_live_expiry(task: Task) -> datetime | None:
 # task has room, never because others were leasing the same tasks at the same moment.
 _LEASE_LOCK_SQL = "SELECT pg_advisory_xact_lock(%(lock_space)s, %(annotator)s)"
 # A task this annotator may lease now (t is annotation_task).
-_OPEN_TO_ANNOTATOR = """t.project_id = %(project)s AND NOT t.is_complete
+_OPEN_TO_ANNOTATOR = """t.project_id = %(project)s AND NOT t.is_complete AND t.ready
       AND (t.judgement_count < t.overlap - t.live_leases OR t.next_lease_expiry <= %(now)s)
       AND NOT EXISTS (
           SELECT 1 FROM annotation_assignment a WHERE a.task_id = t.id AND a.annotator_id = %(annotator)s

@@ -15,6 +15,11 @@ How a run behaves:
   A failure rolls back the batch it was in and fails the job with the reason; the batches written
   before it stay (each is whole). No response ever holds an outcome without its source or the
   reverse: both columns change in the same UPDATE.
+- True utility: a world model known exactly (backend "world") also knows what the response was
+  worth to the user; it is written to `Response.true_utility` in that same UPDATE. A language
+  model's outcome is a guess, so its responses keep true_utility null (unknown). This column is
+  written by nothing else: utilities an import brings stay in the prompt's `metadata.true_utility`,
+  where the hindsight panels read them for the import's own tasks.
 - Idempotent: a second message for the same job finds it claimed and does nothing; a new job
   after a failure writes only what is still missing; two jobs racing write each response once.
 - Progress (`done` of `total`) and a heartbeat (`updated_at`) are on the job row, which the
@@ -36,7 +41,7 @@ from django.utils import timezone
 from .. import jobs
 from ..errors import TandemError
 from ..kinds import kind_for
-from ..models import ImportJob, OutcomeJob, Project, Response
+from ..models import ImportJob, OutcomeJob, Project, Response, Task
 
 logger = logging.getLogger(__name__)
 
@@ -141,8 +146,10 @@ def _claim(job_id: int) -> OutcomeJob | None:
     return OutcomeJob.objects.select_related("project").get(pk=job_id) if claimed else None
 
 
-def _write(job: OutcomeJob, outcomes: dict[int, str]) -> int:
-    """Writes one batch in one transaction; returns how many responses took their outcome.
+def _write(job: OutcomeJob, outcomes: dict[int, tuple[str, float | None]]) -> int:
+    """Writes one batch of (outcome, true utility or None) by response id in one transaction;
+    returns how many responses took their outcome. A known utility goes in the same UPDATE as its
+    outcome; a batch with none known leaves the column alone.
 
     Responses that got an outcome meanwhile (imported, or another job's) are left as they are.
     Raises when the job is no longer running (swept as dead): the batch is then rolled back.
@@ -159,10 +166,18 @@ def _write(job: OutcomeJob, outcomes: dict[int, str]) -> int:
             .order_by("pk")
             .only("pk")
         )
+        columns = ["outcome", "outcome_source"]
+        if any(utility is not None for _, utility in outcomes.values()):
+            columns.append("true_utility")
         for row in rows:
-            row.outcome = outcomes[row.pk]
+            row.outcome, row.true_utility = outcomes[row.pk]
             row.outcome_source = "simulated"
-        Response.objects.bulk_update(rows, ["outcome", "outcome_source"])
+        Response.objects.bulk_update(rows, columns)
+        # A task is leased once every response it shows has its outcome (Task.ready): opened in
+        # the transaction that wrote the last of them, so no annotator ever sees one missing.
+        Task.objects.filter(ready=False, slots__response_id__in=[r.pk for r in rows]).exclude(
+            slots__response__outcome_source=""
+        ).update(ready=True)
         OutcomeJob.objects.filter(pk=job.pk).update(
             done=F("done") + len(rows), updated_at=timezone.now()
         )
@@ -200,8 +215,8 @@ def outcome_job_run(*, job_id: int, batch_size: int = BATCH_SIZE) -> OutcomeJob:
                 OutcomeCase(conversation=r.prompt.messages, response=r.text, hidden=r.prompt.hidden)
                 for r in batch
             ]
-            texts = simulator.simulate(cases)
-            written += _write(job, {r.pk: t for r, t in zip(batch, texts, strict=True)})
+            results = simulator.simulate_with_utility(cases)
+            written += _write(job, {r.pk: res for r, res in zip(batch, results, strict=True)})
     except Exception as exc:
         logger.exception("outcome job %s failed", job.pk)
         reason = exc.message if isinstance(exc, TandemError) else f"{type(exc).__name__}: {exc}"

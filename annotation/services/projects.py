@@ -13,6 +13,7 @@ from ..models import Assignment, Membership, Project, Role, Task
 from ..selectors import ANNOTATE
 from .assignment import earliest_live_expiry
 from .guards import project_ensure_writable
+from .outcomes import outcome_job_start
 
 
 def user_create(*, username: str, password: str, is_staff: bool = False) -> AbstractUser:
@@ -113,6 +114,10 @@ def project_kind_settings_set(*, project: Project, kind_settings: dict | None) -
         locked.kind_settings = _clean_kind_settings(locked.kind, merged)
         locked.save(update_fields=["kind_settings"])
     project.kind_settings = locked.kind_settings
+    if kind_for(project.kind).shows_outcomes:
+        # Responses imported before a simulator was named wait for their outcomes (their tasks
+        # are not leased): naming one starts their simulation. Nothing is waiting: no job.
+        outcome_job_start(project=project)
     return project
 
 

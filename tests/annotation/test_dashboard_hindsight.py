@@ -18,7 +18,7 @@ from annotation.kinds import kind_for
 from annotation.kinds.pairwise_loop import PairwiseLoop
 from annotation.models import Role
 from annotation.selectors.dashboard import win_rate_text
-from annotation.selectors.rounds import rounds_of
+from annotation.selectors.rounds import kind_round_stats, rounds_of
 from tests.annotation.selectors.test_rounds_hindsight import looped_project
 from tests.factories import UserFactory
 
@@ -165,3 +165,95 @@ def test_the_panels_queries_do_not_grow_with_rounds(client):
     html = client.get(f"/projects/{project.pk}/loop").content.decode()
     assert 'data-policy-round="3"' in html
     assert queries() == before
+
+
+def test_stored_true_utilities_of_loop_answers_are_shown_per_policy(client):
+    from tests.annotation.selectors.test_rounds_hindsight import store_utilities
+
+    project, _ = looped_project()
+    store_utilities(project)
+    html = page_of(client, project)
+    # Hand-counted in test_rounds_hindsight: π0 (0.75 + 0.6) / 2; π1 (-1 - 1 + 0.5 + 0.2) / 4;
+    # π2 d1's 1.0, where it showed "unknown" without stored utilities.
+    assert cell(row_of(html, 0), "true-utility") == "0.675 (2 answers)"
+    assert cell(row_of(html, 1), "true-utility") == "-0.325 (4 answers)"
+    assert cell(row_of(html, 2), "true-utility") == "1.000 (1 answer)"
+
+
+# Waterproof wanted, $100 budget: A ($40) lacks it, B ($60) is the best buy, C ($80) complies.
+MARKET = {
+    "world": "marketplace",
+    "product": "speaker",
+    "requirement": "waterproof",
+    "budget": 100,
+    "options": [
+        {"name": "A", "price": 40, "features": ["bluetooth"]},
+        {"name": "B", "price": 60, "features": ["waterproof"]},
+        {"name": "C", "price": 80, "features": ["waterproof", "gps"]},
+    ],
+}
+
+
+def test_a_world_simulated_projects_generated_answers_show_their_true_utility(client):
+    """The loop's answers get their outcomes from the marketplace world (backend "world"), which
+    stores each answer's true utility with it; the panel then knows π_r's mean. By hand: π0 said
+    A twice (-1 each), π1 B (60/60 = 1) and C (60/80 = 0.75): mean 0.875."""
+    from annotation.models import ModelVersion, Prompt, Response, Round
+    from annotation.services.outcomes import outcomes_simulate_now
+    from annotation.services.round_stages import task_create
+
+    manager = UserFactory()
+    project = services.project_create(
+        creator=manager,
+        name="Market loop",
+        kind="hindsight",
+        kind_settings={"simulator_backend": "world", "simulator_model": "marketplace"},
+    )
+    annotator = UserFactory()
+    services.membership_set(project=project, username=annotator.username, role=Role.ANNOTATOR)
+    pi0 = ModelVersion.objects.create(project=project, kind="policy", round=0, name="π0 (base)")
+    pi1 = ModelVersion.objects.create(
+        project=project, kind="policy", round=1, name="π1 policy", parent=pi0
+    )
+    Round.objects.create(project=project, number=1, status="succeeded", policy_version=pi1)
+    customer = [{"role": "user", "content": "A waterproof speaker under $100: A, B or C?"}]
+    tasks = []
+    for split, purpose, new in (("eval", "evaluation", "B"), ("train", "label", "C")):
+        prompt = Prompt.objects.create(
+            project=project, messages=customer, split=split, hidden=MARKET
+        )
+        shown = [
+            Response.objects.create(
+                prompt=prompt, text=f"I recommend Option {letter}.", model_version=version
+            )
+            for letter, version in ((new, pi1), ("A", pi0))
+        ]
+        tasks.append((purpose, prompt, shown))
+    # What the loop's select stage does before it makes tasks of new answers.
+    assert outcomes_simulate_now(project=project).done == 4
+    stored = dict(
+        Response.objects.filter(prompt__project=project).values_list("text", "true_utility")
+    )
+    assert stored == {
+        "I recommend Option A.": -1.0,
+        "I recommend Option B.": 1.0,
+        "I recommend Option C.": 0.75,
+    }
+    for purpose, prompt, shown in tasks:
+        task_create(project, prompt, shown, round_number=1, priority=0.0, purpose=purpose)
+    for i in range(2):
+        lease = services.assignment_lease(annotator=annotator, project=project)
+        for phase, choice in (("foresight", "B"), ("hindsight", "A")):
+            services.judgement_submit(
+                assignment=lease,
+                data={"phase": phase, "ratings": [3, 3], "choice": choice},
+                idempotency_key=f"{i}-{phase}",
+            )
+    html = page_of(client, project)
+    assert cell(row_of(html, 0), "true-utility") == "-1.000 (2 answers)"
+    assert cell(row_of(html, 1), "true-utility") == "0.875 (2 answers)"
+    # Both tasks put π1's better answer first: foresight B never agrees, hindsight A always.
+    figures = {p.round: p for p in kind_round_stats(project=project).policies}
+    tally = figures[1].all_tasks.tally
+    assert (tally.foresight.utility_agreeing, tally.foresight.utility_decisive) == (0, 2)
+    assert (tally.hindsight.utility_agreeing, tally.hindsight.utility_decisive) == (2, 2)

@@ -275,3 +275,54 @@ def test_the_world_simulator_is_the_marketplace_world_model_and_names_a_bad_case
         world.simulate([cases[0], OutcomeCase(conversation=[], response="A", hidden={"x": 1})])
     with pytest.raises(GenerationError, match="no world model named 'mars'"):
         make_outcome_simulator("world", "mars")
+
+
+# A hand-built marketplace: waterproof wanted, $100 budget; A lacks it, B ($60) is the best buy,
+# C ($80) also complies. True utilities by hand: B 60/60 = 1, C 60/80 = 0.75, A −1, no option 0.
+HAND_MARKET = {
+    "world": "marketplace",
+    "product": "speaker",
+    "requirement": "waterproof",
+    "budget": 100,
+    "options": [
+        {"name": "A", "price": 40, "features": ["bluetooth"]},
+        {"name": "B", "price": 60, "features": ["waterproof"]},
+        {"name": "C", "price": 80, "features": ["waterproof", "gps"]},
+    ],
+}
+HAND_REPLIES = {
+    "I recommend Option B. It has waterproof.": 1.0,
+    "I recommend Option C.": 0.75,
+    "I recommend Option A. It has waterproof.": -1.0,
+    "Any of them will do.": 0.0,
+}
+
+
+def test_the_world_simulator_knows_each_replys_true_utility_with_its_outcome() -> None:
+    from training.marketplace import Scenario, simulate_outcome, true_utility
+    from training.outcome_simulator import WorldSimulator
+
+    cases = [OutcomeCase([], text, HAND_MARKET) for text in HAND_REPLIES]
+    results = WorldSimulator("marketplace").simulate_with_utility(cases)
+    assert [u for _, u in results] == list(HAND_REPLIES.values())
+    scenario = Scenario.from_hidden(HAND_MARKET)
+    for case, (outcome, utility) in zip(cases, results, strict=True):
+        assert outcome == simulate_outcome(HAND_MARKET, case.response)
+        assert utility == true_utility(scenario, case.response)
+    # The plain outcomes are the same texts; a bad case is named as by `simulate`.
+    assert WorldSimulator("marketplace").simulate(cases) == [o for o, _ in results]
+    with pytest.raises(GenerationError, match="case 1: not a marketplace scenario"):
+        WorldSimulator("marketplace").simulate_with_utility(
+            [cases[0], OutcomeCase([], "I recommend Option A.", {"options": []})]
+        )
+
+
+def test_a_language_model_simulator_knows_no_true_utility(server: Any) -> None:
+    # Its outcome says the best buy happened; a guess is still no measurement: None, not 1.0.
+    srv = server(["You bought Option B for $60. It met your need.", "it broke"])
+    cases = [OutcomeCase([], f"#{i} I recommend Option B.", HAND_MARKET) for i in range(2)]
+    simulator = make_outcome_simulator("openai", "sim", base_url=srv.url)
+    assert simulator.simulate_with_utility(cases) == [
+        ("You bought Option B for $60. It met your need.", None),
+        ("it broke", None),
+    ]

@@ -282,3 +282,27 @@ def test_rloo_against_a_reward_ensemble_fitted_on_oracle_labels_raises_the_oracl
     manifest = read_manifest(result.path)
     assert manifest.kind == "policy-rloo"
     assert manifest.config["aggregation"] == "uncertainty_weighted"
+
+
+def test_dpo_names_max_length_when_every_prompt_fills_it(
+    tiny_policy_dir: Path,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    long = [
+        PreferencePair(
+            prompt=[{"role": "user", "content": " ".join(["words"] * 80)}],
+            chosen=[{"role": "assistant", "content": "good"}],
+            rejected=[{"role": "assistant", "content": "bad"}],
+        )
+        for _ in range(4)
+    ]
+    with pytest.raises(ValueError, match="all 4 pairs were dropped.*max_length \\(16 tokens\\)"):
+        train_dpo(
+            long,
+            DPOConfig(max_steps=1, batch_size=2, max_length=16),
+            policy_ref=tiny_policy_dir,
+            reference_ref=tiny_policy_dir,
+            root=tmp_path,
+            name="round-1",
+        )
+    assert not (tmp_path / "round-1").exists()  # nothing published

@@ -52,6 +52,7 @@ class Hindsight(Kind):
     needs_response_texts = True
     export_shapes = SHAPES
     phases = PHASES
+    shows_outcomes = True
     loop = HindsightLoop()
     oracle_annotator = "annotation.kinds.hindsight.simulation.MarketplaceCustomer"
     stats_template = "annotation/kinds/hindsight_stats.html"

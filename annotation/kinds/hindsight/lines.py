@@ -65,4 +65,11 @@ def line_extras(obj: Mapping[str, Any]) -> LineExtras:
             raise field_error(
                 "metadata.true_utility", "must be a list of numbers, one per response"
             )
+    if 1 <= len(outcomes) <= 2 and not given and not hidden:
+        # Its task would wait for an outcome nothing can write: step 2 would never come.
+        raise field_error(
+            "responses",
+            "no outcomes and no hidden facts: give each response its outcome, or the task "
+            '"hidden" facts from which the project\'s simulator writes them',
+        )
     return LineExtras(hidden=hidden, outcomes=tuple(o for o in outcomes if o is not None))

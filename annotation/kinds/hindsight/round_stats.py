@@ -14,11 +14,14 @@ rated (as `stats.py` counts a source). What is particular to the loop:
 - *Held out*: judged on the loop's blind evaluation tasks (Task.purpose "evaluation"), whose prompts
   are the held-out split, the same every round: π_r's answers there are judged in round r (beside
   π_{r-1}'s) and in round r+1, so π_0's are judged in round 1. *All tasks* adds every other task.
-- *True utility* of an answer: the prompt's `metadata.true_utility` at the answer's position, on a
-  task the import made (round 0), whose slots are the import line's responses in line order. On a
-  task the loop made, the prompt's imported utilities describe other responses, so the answer's
-  utility is unknown (and no agreement with it is counted). The mean is over the distinct answers
-  judged in the scope (in either phase) with a known utility; "unknown" when there is none.
+- *True utility* of an answer (`stats.known_utilities`): its `Response.true_utility` where an
+  exact world model wrote it with the outcome (backend "world": so the loop's own answers on a
+  world-simulated project have one); else the prompt's `metadata.true_utility` at the answer's
+  position, on a task the import made (round 0), whose slots are the import line's responses in
+  line order. On a task the loop made, the prompt's imported utilities describe other responses,
+  so without a stored one the answer's utility is unknown (and no agreement with it is counted).
+  The mean is over the distinct answers judged in the scope (in either phase) with a known
+  utility; "unknown" when there is none.
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ from typing import Any
 from django.utils.safestring import SafeString
 
 from ...charts import Series, grouped_bar_chart
-from .stats import FORESIGHT, HINDSIGHT, PHASES, Tally, pair_rows, utility_at
+from .stats import FORESIGHT, HINDSIGHT, PHASES, Tally, known_utilities, pair_rows, utility_at
 
 HELD_OUT = "evaluation"  # the Task.purpose of the loop's blind evaluation tasks
 UTILITY_KEY = "true_utility"  # the import metadata's per-response utilities (lines.py)
@@ -183,10 +186,10 @@ class HindsightRounds:
 
 
 def _utilities(row: Any) -> Any:
-    """The import's per-position utilities of the row's task, or None where they do not apply."""
-    if row.task_round != IMPORTED_ROUND:
-        return None
-    return row.prompt_metadata.get(UTILITY_KEY)
+    """The true utilities of the row's task by position (`stats.known_utilities`): each answer's
+    stored one, else the import's where it applies (the import's own tasks); None: none known."""
+    imported = row.prompt_metadata.get(UTILITY_KEY) if row.task_round == IMPORTED_ROUND else None
+    return known_utilities(row.slot_utilities, imported)
 
 
 def policy_round_stats(

@@ -22,10 +22,14 @@ Definitions (what the page says and the tests hold the numbers to):
   two-response tasks. `flipped` and `changed` are the two rules, for every caller.
 - *Mean satisfaction* of a phase: the mean of that phase's 1..5 ratings over the responses judged
   in paired judgements (a two-response task gives two ratings per phase).
-- *Agreement with the true utility*, where the import gave `metadata.true_utility` (one number per
-  response, in the order the responses are shown): over a phase's decisive choices on tasks whose
-  two utilities differ, the share choosing the response of higher utility. Equal utilities name no
-  better response and are left out.
+- *Agreement with the true utility*: over a phase's decisive choices on tasks whose two
+  responses' utilities are known and differ, the share choosing the response of higher utility.
+  Equal utilities name no better response and are left out.
+- A response's *true utility* (`known_utilities`): its `Response.true_utility` where set (an
+  exact world model wrote it with the outcome, see `annotation/services/outcomes.py`), else, on a
+  task the import made (round 0), the import's `metadata.true_utility` at its position (one number
+  per response, in the order the responses are shown). The prompt's imported utilities describe
+  the responses imported with it, not the answers a loop task on that prompt shows.
 - A response's *source* is its model version's name where it has one, else its `model_name`, else
   "imported". A paired judgement counts under each distinct source of its task's responses (once
   when both responses share one); its ratings count under the source of the response rated.
@@ -95,6 +99,19 @@ def utility_at(utilities: Any, position: int) -> float | None:
     return float(value) if isinstance(value, Real) and not isinstance(value, bool) else None
 
 
+def known_utilities(stored: Sequence[float | None], imported: Any) -> Any:
+    """The true utilities of a task's responses by position: each response's stored
+    `true_utility` where set, else the imported one at that position (`imported`: the prompt's
+    `metadata.true_utility`, or None where it does not apply). With none stored, `imported` as it
+    is (unchecked: `utility_at` and `utility_agrees` read it defensively)."""
+    if all(value is None for value in stored):
+        return imported
+    return [
+        float(value) if value is not None else utility_at(imported, position)
+        for position, value in enumerate(stored)
+    ]
+
+
 def _two_numbers(value: Any) -> bool:
     # An importer's JSON: a bool is an int to Python, but not a utility.
     return (
@@ -122,7 +139,7 @@ class PairedJudgement:
     sources: tuple[str, ...]  # of the task's responses, in position order
     foresight: Mapping[str, Any]
     hindsight: Mapping[str, Any]
-    true_utility: Any = None  # the prompt's metadata.true_utility as imported (unchecked)
+    true_utility: Any = None  # per position, `known_utilities` (imported parts unchecked)
 
 
 def _share(part: int, whole: int) -> float | None:
@@ -295,14 +312,17 @@ def pair_rows(
 def _judgement_rows(project: Any) -> Iterator[tuple[Any, str, str, Mapping[str, Any], list, Any]]:
     """The project's hindsight judgements as pair_rows reads them, streamed in (task, annotator,
     phase) order; the sources of positions 0 and 1 come from one subquery each."""
-    from django.db.models import CharField, OuterRef, Subquery, Value
+    from django.db.models import CharField, FloatField, OuterRef, QuerySet, Subquery, Value
     from django.db.models.functions import Coalesce, NullIf
 
     from ...models import Judgement, TaskResponse
 
+    def slot(position: int) -> QuerySet:
+        return TaskResponse.objects.filter(task_id=OuterRef("task_id"), position=position)
+
     def source(position: int) -> Subquery:
         return Subquery(
-            TaskResponse.objects.filter(task_id=OuterRef("task_id"), position=position).values(
+            slot(position).values(
                 source=Coalesce(
                     NullIf("response__model_version__name", Value("")),
                     NullIf("response__model_name", Value("")),
@@ -313,9 +333,19 @@ def _judgement_rows(project: Any) -> Iterator[tuple[Any, str, str, Mapping[str, 
             output_field=CharField(),
         )
 
+    def stored_utility(position: int) -> Subquery:
+        return Subquery(
+            slot(position).values("response__true_utility")[:1], output_field=FloatField()
+        )
+
     rows = (
         Judgement.objects.filter(project=project, kind=KIND, phase__in=PHASES)
-        .annotate(source_0=source(0), source_1=source(1))
+        .annotate(
+            source_0=source(0),
+            source_1=source(1),
+            utility_0=stored_utility(0),
+            utility_1=stored_utility(1),
+        )
         .order_by("task_id", "annotator_id", "phase", "id")
         .values_list(
             "task_id",
@@ -327,15 +357,20 @@ def _judgement_rows(project: Any) -> Iterator[tuple[Any, str, str, Mapping[str, 
             "source_1",
             "task__prompt__metadata__true_utility",
             "task__round",
+            "utility_0",
+            "utility_1",
         )
         .iterator(chunk_size=CHUNK)
     )
-    for task_id, annotator_id, username, phase, payload, s0, s1, utility, round_number in rows:
+    for row in rows:
+        task_id, annotator_id, username, phase, payload, s0, s1, imported, round_number = row[:9]
         sources = [s for s in (s0, s1) if s is not None]
         # The prompt's utilities are those of the responses imported with it, which only the
         # import's own tasks (round 0) show; a loop task on that prompt shows generated answers.
         if round_number:
-            utility = None
+            imported = None
+        stored = row[9 : 9 + len(sources)]
+        utility = known_utilities(stored, imported)
         yield (task_id, annotator_id), username, phase, payload, sources, utility
 
 

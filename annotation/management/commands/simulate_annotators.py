@@ -29,7 +29,7 @@ import httpx
 from django.core.management.base import BaseCommand, CommandError
 from django.db import connections
 
-from annotation import services
+from annotation import selectors, services
 from annotation.errors import InvalidInput
 from annotation.loop import SELECTIONS, LoopSettings
 from annotation.models import Project
@@ -282,7 +282,12 @@ class Command(BaseCommand):
         annotator: OracleAnnotator,
         deadline: float,
     ) -> int:
-        """Every annotator works the queue until it answers 204; returns how many judgements they gave."""
+        """Every annotator works the queue until it answers 204; returns how many judgements they gave.
+
+        Tasks whose outcomes a worker is still simulating are not leased yet (a 204 then means
+        "not yet", not "done"): the annotators start once none is waiting.
+        """
+        self._wait_for_outcomes(project_id, deadline)
         counts = [0] * len(tokens)
         errors: list[BaseException] = []
 
@@ -332,6 +337,19 @@ class Command(BaseCommand):
         if errors:
             raise CommandError(f"an annotator failed: {errors[0]}")
         return sum(counts)
+
+    def _wait_for_outcomes(self, project_id: int, deadline: float) -> None:
+        waiting = selectors.tasks_awaiting_outcomes(project_id=project_id)
+        if waiting:
+            self.stdout.write(f"  waiting for the outcomes of {waiting} tasks to be simulated")
+        while waiting and time.monotonic() < deadline:
+            time.sleep(0.5)
+            waiting = selectors.tasks_awaiting_outcomes(project_id=project_id)
+        if waiting:
+            raise CommandError(
+                f"{waiting} tasks still wait for their outcomes: is a worker running, and does "
+                "the project name a simulator (kind_settings.simulator_model)?"
+            )
 
     def _wait_settled(self, project_id: int, deadline: float) -> None:
         """Waits until every judgement of the project is below the export horizon.

@@ -26,8 +26,9 @@ OUTCOME_B = "The tablet did everything needed; the customer kept it."
 
 
 def hindsight_example() -> Example:
-    """Two tasks with imported outcomes (two responses, one response) and one whose outcome a
-    simulator would write; two annotators give both phases on each."""
+    """Three tasks with imported outcomes (two responses, one response, two responses with
+    hidden facts that never leave the server); two annotators give both phases on each. (A task
+    whose outcomes a simulator writes is not leased before they exist: test_outcomes.py.)"""
     return Example(
         lines=[
             {
@@ -52,7 +53,10 @@ def hindsight_example() -> Example:
             },
             {
                 "prompt": "Recommend a phone.",
-                "responses": ["Phone P.", {"text": "Phone Q \u00e9 \U0001f600", "model": "pi-0"}],
+                "responses": [
+                    {"text": "Phone P.", "outcome": "P died by noon."},
+                    {"text": "Phone Q \u00e9 \U0001f600", "model": "pi-0", "outcome": "Q lasted."},
+                ],
                 "hidden": {"p_battery_h": 20},
             },
         ],

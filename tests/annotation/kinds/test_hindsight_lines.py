@@ -27,8 +27,10 @@ def test_outcomes_and_hidden_facts_are_read():
     assert item.outcomes == ("X broke.", "Y ok")
     assert item.hidden == {"x": {"works": False}}
     assert item.responses == [("X", ""), ("Y", "")]
-    bare = parse({"prompt": "Which one?", "responses": ["X"]})
-    assert (bare.outcomes, bare.hidden) == ((), {})
+    bare = parse({"prompt": "Which one?", "responses": ["X"], "hidden": {"x": 1}})
+    assert (bare.outcomes, bare.hidden) == ((), {"x": 1})
+    prompt_only = parse({"prompt": "Which one?", "responses": []})  # for the loop to answer
+    assert (prompt_only.outcomes, prompt_only.hidden) == ((), {})
 
 
 @pytest.mark.parametrize(
@@ -83,3 +85,9 @@ def test_the_page_form_becomes_the_rest_body():
         "reason": "r",
     }
     assert KIND.payload_from_form({"phase": "foresight", "rating_0": "5"})["ratings"] == [5]
+
+
+def test_a_line_with_neither_outcomes_nor_hidden_facts_is_refused_naming_it():
+    with pytest.raises(LineError) as refused:
+        parse({"prompt": "Which?", "responses": ["A.", "B."]})
+    assert "no outcomes and no hidden facts" in str(refused.value)

@@ -12,6 +12,7 @@ from annotation.kinds.hindsight.stats import (
     changed,
     flipped,
     hindsight_summary,
+    known_utilities,
     pair_rows,
     utility_agrees,
 )
@@ -277,3 +278,45 @@ def test_a_project_without_judgements_says_so(client):
     html = client.get(f"/projects/{project.pk}/").content.decode()
     assert "No paired judgements yet." in html
     assert 'data-stat="flip-rate"' not in html
+
+
+def test_a_stored_utility_outranks_the_imported_one_position_by_position():
+    # None stored: the imported value as it is, unchecked (utility_agrees reads it defensively).
+    assert known_utilities((None, None), [0.8, -1.0]) == [0.8, -1.0]
+    assert known_utilities((None, None), "junk") == "junk"
+    assert known_utilities((), None) is None
+    # Stored where set, imported elsewhere; an imported value that is no number stays unknown.
+    assert known_utilities((0.6, None), [0.8, -1.0]) == [0.6, -1.0]
+    assert known_utilities((None, 0.25), None) == [None, 0.25]
+    assert known_utilities((1.0, None), [0.5, True]) == [1.0, None]
+    assert utility_agrees("B", known_utilities((None, 0.25), None)) is None
+    assert utility_agrees("A", known_utilities((0.6, None), [0.8, -1.0])) is True
+
+
+@pytest.mark.django_db
+def test_stored_utilities_of_loop_answers_count_on_the_project_page(client):
+    """The loop project of tests/annotation/selectors/test_rounds_hindsight.py. Imported utilities
+    alone: imp (i1 0.8 > i2 -1.0; both annotators B then A) and raw (R: 1.0 > 0.5; both A then
+    B): foresight 2/4, hindsight 2/4. With the stored ones, e1a (a1 -1.0 < b1 0.75: u1 A then B,
+    u2 A then A) and t1 (s1 0.5 > s2 0.2: u1 A then A, u2 B then A) count too: foresight
+    (0 + 0 + 2 + 1) / 8, hindsight (2 + 0 + 1 + 2) / 8."""
+    from annotation import services
+    from annotation.kinds.hindsight.stats import hindsight_stats
+    from annotation.models import Role
+    from tests.annotation.selectors.test_rounds_hindsight import looped_project, store_utilities
+    from tests.factories import UserFactory
+
+    project, _ = looped_project()
+    overall = hindsight_stats(project=project).overall
+    assert (overall.foresight.utility_agreeing, overall.foresight.utility_decisive) == (2, 4)
+    assert (overall.hindsight.utility_agreeing, overall.hindsight.utility_decisive) == (2, 4)
+    store_utilities(project)
+    overall = hindsight_stats(project=project).overall
+    assert (overall.foresight.utility_agreeing, overall.foresight.utility_decisive) == (3, 8)
+    assert (overall.hindsight.utility_agreeing, overall.hindsight.utility_decisive) == (5, 8)
+
+    manager = UserFactory()
+    services.membership_set(project=project, username=manager.username, role=Role.MANAGER)
+    client.force_login(manager)
+    html = client.get(f"/projects/{project.pk}/").content.decode()
+    assert 'data-stat="utility">37.5% → 62.5%<' in html

@@ -73,6 +73,17 @@ ANSWERS = {
 }
 LEASED_LAST = "o1"  # a foresight left waiting keeps its lease: it must be the user's last
 
+# True utilities as an exact world model stores them with the outcome (Response.true_utility), by
+# answer: the loop's answers b1 (π0), a1 (π1, e1a), s1, s2 (π1, t1) and d1 (π2, o1), and i1 on the
+# import's task, whose stored 0.6 outranks the 0.8 imported in I's metadata.
+STORED = {"b1": 0.75, "a1": -1.0, "s1": 0.5, "s2": 0.2, "d1": 1.0, "i1": 0.6}
+
+
+def store_utilities(project, stored=STORED):
+    for name, value in stored.items():
+        answers = Response.objects.filter(prompt__project=project, text=f"Buy option {name}.")
+        assert answers.update(true_utility=value) == 1, name
+
 
 def looped_project(*, pi2_name="π2 policy"):
     """The project above, judged; returns (project, {round: ModelVersion})."""
@@ -214,6 +225,60 @@ def test_flips_satisfaction_and_utility_per_model_version_match_the_hand_count()
     assert (every.answers, every.true_utility) == (2, None)
 
 
+def test_stored_utilities_count_for_the_loops_answers_and_outrank_imported_ones():
+    project, _ = looped_project()
+    store_utilities(project)
+    figures = {p.round: p for p in kind_round_stats(project=project).policies}
+
+    # π0 held out: b1 0.75 (b2 unknown). Agreement where both utilities are known: e1a only,
+    # (a1 -1.0, b1 0.75) so B is better: u1 A then B, u2 A then A -> foresight 0/2, hindsight 1/2.
+    held = figures[0].held_out
+    assert (held.answers, held.true_utility, held.utility_answers) == (2, 0.75, 1)
+    assert (held.tally.foresight.utility_agreeing, held.tally.foresight.utility_decisive) == (0, 2)
+    assert (held.tally.hindsight.utility_agreeing, held.tally.hindsight.utility_decisive) == (1, 2)
+    # All tasks add i1, stored 0.6 (not the imported 0.8): (0.75 + 0.6) / 2. imp's utilities are
+    # (0.6 stored, -1.0 imported for i2): A better; both annotators B then A -> 0/2, 2/2.
+    every = figures[0].all_tasks
+    assert (every.answers, every.utility_answers) == (3, 2)
+    assert every.true_utility == pytest.approx(0.675)
+    assert (every.tally.foresight.utility_agreeing, every.tally.foresight.utility_decisive) == (
+        0,
+        4,
+    )
+    assert (every.tally.hindsight.utility_agreeing, every.tally.hindsight.utility_decisive) == (
+        3,
+        4,
+    )
+
+    # π1 held out: a1 -1.0 (a2, a3 unknown); e1a as above.
+    held = figures[1].held_out
+    assert (held.answers, held.true_utility, held.utility_answers) == (3, -1.0, 1)
+    # All tasks: a1 -1.0, i2 -1.0 (imported), s1 0.5 and s2 0.2 (stored on a task the loop made,
+    # where the imported numbers would not apply): -1.3 / 4. t1 (0.5 > 0.2, A better): u1 A then
+    # A, u2 B then A -> 1/2, 2/2; with e1a and imp: foresight 1/6, hindsight 5/6.
+    every = figures[1].all_tasks
+    assert (every.answers, every.utility_answers) == (6, 4)
+    assert every.true_utility == pytest.approx(-0.325)
+    assert (every.tally.foresight.utility_agreeing, every.tally.foresight.utility_decisive) == (
+        1,
+        6,
+    )
+    assert (every.tally.hindsight.utility_agreeing, every.tally.hindsight.utility_decisive) == (
+        5,
+        6,
+    )
+
+    # π2: c1 unknown held out; d1 1.0 on o1, a one-response task: no choice to agree.
+    assert (figures[2].held_out.true_utility, figures[2].held_out.utility_answers) == (None, 0)
+    every = figures[2].all_tasks
+    assert (every.answers, every.true_utility, every.utility_answers) == (2, 1.0, 1)
+    assert every.tally.hindsight.utility_decisive == 0
+
+    rows = list(phased_answers(project=project))
+    imported = next(r for r in rows if r.task_round == 0)
+    assert imported.slot_utilities == (0.6, None)  # i1 stored, i2 only imported
+
+
 def test_rounds_payload_carries_both_sides_of_each_rounds_evaluation():
     project, policies = looped_project()
     stats = kind_round_stats(project=project)
@@ -274,6 +339,8 @@ def test_every_phase_row_of_a_versioned_task_is_read_in_pairing_order():
     assert len(imported) == 4
     assert {r.prompt_metadata["true_utility"][0] for r in imported} == {0.8}
     assert all(all(v for _, v in r.slots) for r in rows)
+    # No world model wrote any utility here: every slot's is unknown, one per slot.
+    assert all(r.slot_utilities == (None,) * len(r.slots) for r in rows)
 
 
 def test_the_win_rate_and_the_judgement_counts_take_the_last_phase_only(monkeypatch):

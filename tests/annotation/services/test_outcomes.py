@@ -30,8 +30,8 @@ SHORT = "{conversation} {response} {hidden} so"
 
 
 def _lines(n_hidden: int) -> list[dict]:
-    """n_hidden lines with hidden facts and no outcomes, one with imported outcomes (and hidden
-    facts: they must not cause a simulation), and one with neither."""
+    """n_hidden lines with hidden facts and no outcomes, and one with imported outcomes (and hidden
+    facts: they must not cause a simulation). A line with neither is refused by the import."""
     lines: list[dict] = [
         {
             "prompt": [{"role": "user", "content": f"tell me about cats {i}"}],
@@ -49,9 +49,6 @@ def _lines(n_hidden: int) -> list[dict]:
             ],
             "hidden": {"blue": "leaks"},
         }
-    )
-    lines.append(
-        {"prompt": [{"role": "user", "content": "tell me about tea"}], "responses": ["#92 tea"]}
     )
     return lines
 
@@ -71,7 +68,7 @@ def _project(kind_settings: dict, n_hidden: int = 3):
 
 def _configured_later(kind_settings: dict):
     """A project imported before any simulator was named (so the import queued no job), whose
-    manager names one afterwards: the simulation is then started by hand."""
+    manager names one afterwards: naming it starts the simulation of what waits."""
     project = _project({**kind_settings, "simulator_model": ""})
     assert not OutcomeJob.objects.filter(project=project).exists()
     return services.project_kind_settings_set(
@@ -138,8 +135,9 @@ def test_outcomes_are_written_for_the_responses_that_lack_one(tiny_settings: dic
     for text in ("#90 buy the blue tent", "#91 buy the green tent"):
         assert after[text].outcome == before[text].outcome
         assert after[text].outcome_source == "imported"
-    assert (after["#92 tea"].outcome, after["#92 tea"].outcome_source) == ("", "")
     _whole(project)
+    # A language model's outcome is a guess: no true utility is written for any response.
+    assert all(r.true_utility is None for r in after.values())
 
     # The same seed, model and cases give the same outcomes in another project.
     twin = _project(tiny_settings)
@@ -187,9 +185,10 @@ def test_no_simulator_no_job(tiny_settings: dict) -> None:
 def test_the_job_goes_to_the_broker_on_commit(
     tiny_settings: dict, broker: Any, django_capture_on_commit_callbacks: Any
 ) -> None:
-    project = _configured_later(tiny_settings)
     with django_capture_on_commit_callbacks(execute=True):
-        job = outcome_job_start(project=project)
+        project = _configured_later(tiny_settings)
+    job = OutcomeJob.objects.get(project=project)
+    assert outcome_job_start(project=project) == job  # one live job per project
     raw = broker.lpop("cpu")
     assert raw is not None, "nothing was sent to the cpu queue"
     message = json.loads(raw)
@@ -200,11 +199,10 @@ def test_the_job_goes_to_the_broker_on_commit(
 def test_a_broker_that_is_down_fails_the_job_with_the_reason(
     tiny_settings: dict, settings, django_capture_on_commit_callbacks: Any
 ) -> None:
-    project = _configured_later(tiny_settings)
     settings.CELERY_BROKER_URL = "redis://127.0.0.1:1/7"  # nothing listens on port 1
     with django_capture_on_commit_callbacks(execute=True):
-        job = outcome_job_start(project=project)
-    job.refresh_from_db()
+        project = _configured_later(tiny_settings)
+    job = OutcomeJob.objects.get(project=project)
     assert job.status == "failed" and "job queue is unavailable" in job.error
     assert outcome_job_start(project=project) not in (None, job)
 
@@ -322,6 +320,7 @@ def test_a_failure_keeps_whole_batches_and_a_new_start_writes_the_rest(
     assert {t: after[t].outcome for t in written} == written
     assert after["#91 buy the green tent"].outcome == "It kept the rain out."
     _whole(project)
+    assert not Response.objects.filter(prompt__project=project, true_utility__isnull=False).exists()
 
 
 def test_a_server_the_operator_no_longer_allows_is_refused_at_run_time(
@@ -337,9 +336,10 @@ def test_a_server_the_operator_no_longer_allows_is_refused_at_run_time(
 
 def test_the_world_backend_writes_the_marketplace_outcome_exactly() -> None:
     """With backend "world" the outcome is the world model's own sentence for each reply: the
-    bought option, its true features and whether it met the need, from the hidden facts."""
+    bought option, its true features and whether it met the need, from the hidden facts; and,
+    with it, the reply's true utility, the marketplace's own function of the same facts."""
+    from training.marketplace import Scenario, simulate_outcome, true_utility
     from training.marketplace import import_lines as market_lines
-    from training.marketplace import simulate_outcome
 
     creator = UserFactory()
     project = services.project_create(
@@ -362,6 +362,76 @@ def test_the_world_backend_writes_the_marketplace_outcome_exactly() -> None:
         assert response.outcome_source == "simulated"
         assert response.outcome == simulate_outcome(response.prompt.hidden, response.text)
         assert response.outcome.startswith(("You bought Option", "You bought nothing"))
+        scenario = Scenario.from_hidden(response.prompt.hidden)
+        assert response.true_utility == true_utility(scenario, response.text)
+    # The utilities the import brought (rounded to 4 places) stay in the prompt's metadata; the
+    # column holds the world's exact numbers, which agree with them.
+    by_prompt: dict[int, list[float]] = {}
+    for response in written.order_by("pk"):
+        by_prompt.setdefault(response.prompt_id, []).append(response.true_utility)
+    for response in written:
+        imported = response.prompt.metadata["true_utility"]
+        assert by_prompt[response.prompt_id] == pytest.approx(imported, abs=5e-5)
+    assert {round(u, 4) for u in (r.true_utility for r in written)} <= {
+        u for line in lines for u in line["metadata"]["true_utility"]
+    }
+
+
+HAND_MARKET = {
+    "world": "marketplace",
+    "product": "speaker",
+    "requirement": "waterproof",
+    "budget": 100,
+    "options": [
+        {"name": "A", "price": 40, "features": ["bluetooth"]},
+        {"name": "B", "price": 60, "features": ["waterproof"]},
+        {"name": "C", "price": 80, "features": ["waterproof", "gps"]},
+    ],
+}
+
+
+def test_the_world_writes_hand_computed_utilities_and_leaves_imported_outcomes_without_one() -> (
+    None
+):
+    """B is the best buy ($60): B 1.0, C ($80, compliant) 60/80, A (no waterproof) −1. A line with
+    real outcomes is simulated by no one, so its responses keep true_utility null."""
+    creator = UserFactory()
+    project = services.project_create(
+        creator=creator,
+        name="Market",
+        kind="hindsight",
+        kind_settings={"simulator_backend": "world", "simulator_model": "marketplace"},
+    )
+    lines = [
+        {
+            "prompt": "Which speaker?",
+            "responses": ["I recommend Option B.", "I recommend Option C."],
+            "hidden": HAND_MARKET,
+        },
+        {"prompt": "And now?", "responses": ["I recommend Option A."], "hidden": HAND_MARKET},
+        {
+            "prompt": "Real?",
+            "responses": [{"text": "I recommend Option C.", "outcome": "It rained; it worked."}],
+            "hidden": HAND_MARKET,
+        },
+    ]
+    body = jsonl(lines)
+    job = services.import_create(
+        project=project, user=creator, stream=io.BytesIO(body), size=len(body)
+    )
+    assert job.status == "done", job.errors
+    simulation = outcome_job_run(job_id=OutcomeJob.objects.get(import_job=job).pk, batch_size=2)
+    assert (simulation.status, simulation.done) == ("done", 3)
+    got = {
+        (r.prompt.messages[0]["content"], r.text): (r.outcome_source, r.true_utility)
+        for r in Response.objects.filter(prompt__project=project).select_related("prompt")
+    }
+    assert got == {
+        ("Which speaker?", "I recommend Option B."): ("simulated", 1.0),
+        ("Which speaker?", "I recommend Option C."): ("simulated", 0.75),
+        ("And now?", "I recommend Option A."): ("simulated", -1.0),
+        ("Real?", "I recommend Option C."): ("imported", None),
+    }
 
 
 def test_the_world_backend_fails_the_job_on_facts_it_cannot_read() -> None:
@@ -380,3 +450,31 @@ def test_the_world_backend_fails_the_job_on_facts_it_cannot_read() -> None:
     assert simulation.status == "failed"
     assert "not a marketplace scenario" in simulation.error
     assert Response.objects.get(prompt__project=project).outcome_source == ""
+
+
+def test_tasks_waiting_for_outcomes_are_leased_only_once_every_response_has_one(
+    tiny_settings: dict,
+) -> None:
+    """No annotator can reach a task before its outcomes exist: the import leaves it closed, and
+    the batch that writes its last outcome opens it."""
+    from annotation.models import Role, Task
+
+    project = _project(tiny_settings)
+    annotator = UserFactory()
+    services.membership_set(project=project, username=annotator.username, role=Role.ANNOTATOR)
+    waiting = Task.objects.filter(project=project, ready=False)
+    assert waiting.count() == 3  # the lines with hidden facts and no outcome
+    # Only the task with imported outcomes can be leased; once skipped, nothing is left.
+    first = services.assignment_lease(annotator=annotator, project=project)
+    assert first is not None and first.task.prompt.messages[0]["content"] == "tell me about tents"
+    services.assignment_skip(assignment=first)
+    assert services.assignment_lease(annotator=annotator, project=project) is None
+    job = outcome_job_start(project=project)
+    outcome_job_run(job_id=job.pk, batch_size=8)
+    assert not Task.objects.filter(project=project, ready=False).exists()
+    lease = services.assignment_lease(annotator=annotator, project=project)
+    assert lease is not None
+    shown = Response.objects.filter(
+        pk__in=lease.task.slots.values("response_id"), outcome_source="simulated"
+    )
+    assert shown.count() == 2
