@@ -30,6 +30,8 @@ from bench import common, image_import, web_export, web_load, web_load_kinds  # 
 # What each bench runs as, by mode: (file key, module name, extra arguments).
 _KINDS = ["--kind", "pairwise,hallucination"]
 _VISION = ["--kind", "hallucination", "--shape", "vision_pairs"]
+_HINDSIGHT = ["--kind", "pairwise,hindsight"]
+_HS_EXPORT = ["--kind", "hindsight", "--shape"]
 PLANS = {
     "smoke": [
         ("web_load", ["--smoke", "--max-seconds", "150"]),
@@ -43,6 +45,10 @@ PLANS = {
         ("web_export_vision_pairs_per_task", [*_VISION, "--image-per-task", "--judgements", "2000",
                                               "--annotators", "4", "--max-export-s", "30",
                                               "--max-seconds", "120"]),
+        ("web_load_hindsight", ["--smoke", *_HINDSIGHT, "--max-seconds", "150"]),
+        ("web_export_hindsight_pairs", ["--smoke", *_HS_EXPORT, "pairs", "--max-seconds", "120"]),
+        ("web_export_hindsight_hindsight", ["--smoke", *_HS_EXPORT, "hindsight",
+                                            "--max-seconds", "120"]),
     ],
     "quick": [
         ("web_load", ["--seconds", "5", "--warmup", "1", "--tasks", "20000", "--workers", "{workers}",
@@ -54,6 +60,12 @@ PLANS = {
         ("web_export_vision_pairs", [*_VISION, "--max-export-s", "60", "--max-seconds", "150"]),
         ("web_export_vision_pairs_per_task", [*_VISION, "--image-per-task", "--max-export-s", "60",
                                               "--max-seconds", "150"]),
+        ("web_load_hindsight", [*_HINDSIGHT, "--seconds", "5", "--warmup", "1", "--tasks", "20000",
+                                "--max-seconds", "200"]),
+        ("web_export_hindsight_pairs", [*_HS_EXPORT, "pairs", "--judgements", "20000",
+                                        "--max-export-s", "60", "--max-seconds", "150"]),
+        ("web_export_hindsight_hindsight", [*_HS_EXPORT, "hindsight", "--judgements", "20000",
+                                            "--max-export-s", "60", "--max-seconds", "150"]),
     ],
     "full": [
         ("web_load", ["--seconds", "20", "--warmup", "3", "--workers", "{workers}",
@@ -70,6 +82,13 @@ PLANS = {
         ("web_export_vision_pairs_per_task", [*_VISION, "--image-per-task", "--judgements",
                                               "100000", "--max-export-s", "120",
                                               "--max-seconds", "200"]),
+        # Hindsight (two phases, four requests a loop) and pairwise at 32, interleaved twice.
+        ("web_load_hindsight", [*_HINDSIGHT, "--annotators", "32", "--seconds", "20", "--warmup",
+                                "3", "--ab-rounds", "2", "--max-seconds", "480"]),
+        ("web_export_hindsight_pairs", [*_HS_EXPORT, "pairs", "--judgements", "100000",
+                                        "--max-export-s", "240", "--max-seconds", "330"]),
+        ("web_export_hindsight_hindsight", [*_HS_EXPORT, "hindsight", "--judgements", "100000",
+                                            "--max-export-s", "240", "--max-seconds", "330"]),
     ],
 }  # fmt: skip
 _MODULES = {
@@ -79,6 +98,9 @@ _MODULES = {
     "web_load_kinds": ("web_load", web_load),
     "web_export_vision_pairs": ("web_export", web_export),
     "web_export_vision_pairs_per_task": ("web_export", web_export),
+    "web_load_hindsight": ("web_load", web_load),
+    "web_export_hindsight_pairs": ("web_export", web_export),
+    "web_export_hindsight_hindsight": ("web_export", web_export),
 }
 
 

@@ -22,6 +22,8 @@ apart, with their source and date.
     .venv/bin/python -m bench.web_export --kind hallucination [--shape vision_pairs]  # 100,000
 
 ``--kind hallucination``: a hallucination project's judgements instead (bench.web_export_vision).
+``--kind hindsight [--shape pairs|hindsight]``: a hindsight project's finished assignments, two
+rows each (bench.web_export_hindsight); ``--judgements`` then counts assignments (100,000).
 """
 
 from __future__ import annotations
@@ -40,14 +42,20 @@ from typing import Any
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench import common, web_export_vision  # noqa: E402
+from bench import common, web_export_hindsight, web_export_vision  # noqa: E402
 from bench.common import Server  # noqa: E402
 
 # The report lives in its own module; run_all and the tests find it here, as before the split.
 from bench.web_export_report import ANCHORS, TARGETS, comparison, report  # noqa: E402, F401
 
 # The default shape of each kind's export bench.
-SHAPES = {"pairwise": "pairs", "hallucination": "vision_pairs"}
+SHAPES = {"pairwise": "pairs", "hallucination": "vision_pairs", "hindsight": "pairs"}
+# The shapes each kind's bench measures (it knows how many rows each must export).
+ALLOWED = {
+    "pairwise": ["pairs"],
+    "hallucination": sorted(web_export_vision.EXPECTED_ROWS),
+    "hindsight": sorted(web_export_hindsight.EXPECTED_ROWS),
+}
 SMOKE = ["--judgements", "2000", "--annotators", "4", "--max-export-s", "30",
          "--max-seconds", "120"]  # fmt: skip
 
@@ -196,7 +204,9 @@ class RssSampler(threading.Thread):
         self.join(5)
 
 
-_ID = re.compile(rb'"judgement_ids":\[(\d+)\]')
+# The row's last judgement id: its only one, or (hindsight shape: [foresight, hindsight]) the row
+# that completed the assignment, one per exported row either way.
+_ID = re.compile(rb'"judgement_ids":\[(?:\d+,)*(\d+)\]')
 _CURSOR = re.compile(rb'"cursor":"([^"]+)"')
 
 
@@ -323,6 +333,8 @@ def _build(
         result["data"] = build_data(
             setup["project"], ids, args.judgements, args.overlap, args.tie_every
         )
+    elif args.kind == "hindsight":
+        result["data"] = web_export_hindsight.build(args, setup["project"], ids, shape)
     else:
         result["data"] = web_export_vision.build(args, env, setup["project"], ids, shape)
     print(
@@ -411,7 +423,8 @@ def parser() -> argparse.ArgumentParser:
         "--judgements",
         type=int,
         default=None,
-        help="judgements to build (default 1000000; 100000 with --kind hallucination)",
+        help="judgements to build (default 1000000; 100000 with --kind hallucination; with "
+        "--kind hindsight finished assignments, two rows each, default 100000)",
     )
     p.add_argument("--kind", choices=sorted(SHAPES), default="pairwise", help="project's kind")
     p.add_argument(
@@ -452,7 +465,7 @@ def parse(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[str]]
     if args.judgements is None:
         args.judgements = 1_000_000 if args.kind == "pairwise" else 100_000
     args.shape = args.shape or SHAPES[args.kind]
-    allowed = ["pairs"] if args.kind == "pairwise" else sorted(web_export_vision.EXPECTED_ROWS)
+    allowed = ALLOWED[args.kind]
     if args.shape not in allowed:
         raise SystemExit(f"--shape: {args.kind} takes {', '.join(allowed)}")
     return args, effective
@@ -481,7 +494,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.save_result and args.kind != "pairwise":
         # Its own file: web_export.json holds the README's pairs figures.
         suffix = "_per_task" if args.image_per_task else ""
-        common.save_result(f"web_export_{args.shape}{suffix}", result, smoke=args.smoke)
+        # hindsight's shapes get the kind's name first: "pairs" alone is pairwise's shape
+        prefix = "hindsight_" if args.kind == "hindsight" else ""
+        common.save_result(f"web_export_{prefix}{args.shape}{suffix}", result, smoke=args.smoke)
     print()
     print(common.provenance_header(result))
     print(report(result) if "export" in result else f"!! no export figures: {result}")

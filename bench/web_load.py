@@ -20,6 +20,7 @@ The report starts with the setup it ran and the commit, the command and how idle
     .venv/bin/python -m bench.web_load [--annotators 1,32] [--seconds 20] [--workers sync,gthread]
     .venv/bin/python -m bench.web_load --smoke      # seconds: 2 annotators x 2 s over 2,000 tasks
     .venv/bin/python -m bench.web_load --kind pairwise,hallucination   # both kinds, A/B at 32
+    .venv/bin/python -m bench.web_load --kind pairwise,hindsight       # both phases per loop
 
 ``--kind`` (bench.web_load_kinds) sets up a project per kind and runs them interleaved; without
 it the bench is the pairwise one above, its output unchanged.
@@ -266,8 +267,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--kind",
         default="pairwise",
-        help="pairwise (the default, as the README's figures), hallucination, or both "
-        "comma-separated: one project per kind, the runs interleaved (see bench.web_load_kinds)",
+        help="pairwise (the default, as the README's figures), hallucination, hindsight, or "
+        "several comma-separated: one project per kind, the runs interleaved (see "
+        "bench.web_load_kinds; hindsight: bench.web_load_hindsight)",
     )
     p.add_argument(
         "--ab-rounds",
@@ -340,9 +342,11 @@ def main(argv: list[str] | None = None) -> int:
     if kinds:
         from bench import web_load_kinds
 
-        # Its own file: web_load.json holds the README's pairwise figures.
+        # Its own file: web_load.json holds the README's pairwise figures; the hindsight A/B
+        # has its own too, so neither kind's run overwrites the other's.
         if args.save_result:
-            common.save_result("web_load_kinds", result, smoke=args.smoke)
+            name = "web_load_hindsight" if "hindsight" in args.kind else "web_load_kinds"
+            common.save_result(name, result, smoke=args.smoke)
         print(web_load_kinds.report(result))
         return 1 if result.get("error") else 0
     print(report(result))

@@ -10,7 +10,7 @@ import uuid
 from collections import Counter
 from typing import Any
 
-from bench import common, vision_data
+from bench import common, vision_data, web_load_hindsight
 from bench.common import Client, percentile
 
 
@@ -199,8 +199,11 @@ def drive(
     start_evt = threading.Event()
     t_start = time.perf_counter() + 0.2
     window = (t_start + warmup, t_start + warmup + seconds)
-    threads = [
-        Annotator(port, tokens[i], project, start_evt, window, kind, fetch_images) for i in range(n)
+    threads: list[Any] = [
+        web_load_hindsight.HindsightAnnotator(port, tokens[i], project, start_evt, window)
+        if kind == web_load_hindsight.KIND
+        else Annotator(port, tokens[i], project, start_evt, window, kind, fetch_images)
+        for i in range(n)
     ]
     for t in threads:
         t.start()
@@ -219,9 +222,15 @@ def drive(
     for t in threads:
         errors.update(t.errors)
     seen: Counter = Counter(task for t in threads for task in t.tasks)
-    images = _image_figures(threads) if kind != "pairwise" else {}
+    if kind == web_load_hindsight.KIND:
+        extra = web_load_hindsight.figures(threads, seconds, _pcts) | {"kind": kind}
+    elif kind != "pairwise":
+        extra = _image_figures(threads)
+    else:
+        # Leases and submits started in the window: what a hindsight run's requests/s compares to.
+        extra = {"requests_per_s": round((len(lease) + len(judge)) / seconds, 1)}
     return (
-        images
+        extra
         | {
             "annotators": n,
             "seconds": seconds,
@@ -283,13 +292,14 @@ DOUBLE_SQL = {
     "over_judged_tasks": """
         SELECT count(*) FROM (
           SELECT j.task_id FROM annotation_judgement j JOIN annotation_task t ON t.id = j.task_id
-          WHERE j.project_id = %(p)s GROUP BY j.task_id, t.overlap HAVING count(*) > t.overlap) x""",
+          WHERE j.project_id = %(p)s AND j.phase = %(last)s
+          GROUP BY j.task_id, t.overlap HAVING count(*) > t.overlap) x""",
     # the same (task, annotator) twice, in assignments or judgements
     "same_annotator_twice": """
         SELECT (SELECT count(*) FROM (SELECT 1 FROM annotation_assignment WHERE project_id = %(p)s
                 GROUP BY task_id, annotator_id HAVING count(*) > 1) a)
              + (SELECT count(*) FROM (SELECT 1 FROM annotation_judgement WHERE project_id = %(p)s
-                GROUP BY task_id, annotator_id HAVING count(*) > 1) b)""",
+                AND phase = %(last)s GROUP BY task_id, annotator_id HAVING count(*) > 1) b)""",
     # more leases alive at the same moment than the overlap allows (overlap 1: any two that overlap)
     "handed_out_twice_at_once": """
         SELECT count(DISTINCT a.task_id) FROM annotation_assignment a
@@ -302,19 +312,27 @@ DOUBLE_SQL = {
     "counter_drift": """
         SELECT count(*) FROM annotation_task t
         LEFT JOIN (SELECT task_id, count(*) c FROM annotation_judgement WHERE project_id = %(p)s
-                   GROUP BY task_id) j ON j.task_id = t.id
+                   AND phase = %(last)s GROUP BY task_id) j ON j.task_id = t.id
         WHERE t.project_id = %(p)s AND t.judgement_count <> coalesce(j.c, 0)""",
 }
 
 
-def db_checks(project: int) -> dict[str, int]:
+def db_checks(project: int, kind: str = "pairwise") -> dict[str, int]:
+    """The checks of DOUBLE_SQL; for a kind with phases (hindsight) only the last phase's rows
+    count toward the overlap and the counters (the core counts an assignment once, on its last
+    phase), and `web_load_hindsight.PHASE_SQL` checks the rows of the phases themselves."""
+    last = web_load_hindsight.HINDSIGHT if kind == web_load_hindsight.KIND else ""
     with common.pg_connect() as conn:
         out = {
-            name: conn.execute(sql, {"p": project}).fetchone()[0]
+            name: conn.execute(sql, {"p": project, "last": last}).fetchone()[0]
             for name, sql in DOUBLE_SQL.items()
         }
+        if kind == web_load_hindsight.KIND:
+            out |= web_load_hindsight.phase_checks(conn, project)
+        # The assignments' judgements: one row each (the last phase's, for a kind with phases).
         out["judgements"] = conn.execute(
-            "SELECT count(*) FROM annotation_judgement WHERE project_id = %s", [project]
+            "SELECT count(*) FROM annotation_judgement WHERE project_id = %s AND phase = %s",
+            [project, last],
         ).fetchone()[0]
         out["assignments"] = conn.execute(
             "SELECT count(*) FROM annotation_assignment WHERE project_id = %s", [project]

@@ -87,6 +87,9 @@ def test_make_bench_runs_every_bench_and_keeps_the_readme_files_for_the_pairwise
             "web_load_kinds",
             "web_export_vision_pairs",
             "web_export_vision_pairs_per_task",
+            "web_load_hindsight",
+            "web_export_hindsight_pairs",
+            "web_export_hindsight_hindsight",
         ], mode
     full = dict(run_all.PLANS["full"])
     assert "--kind" not in full["web_load"] and "--kind" not in full["web_export"]

@@ -76,7 +76,7 @@ def test_run_all_smoke(tmp_path):
         env=_env(),
         capture_output=True,
         text=True,
-        timeout=480,
+        timeout=720,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     data = json.loads(out.read_text())
@@ -104,6 +104,11 @@ def test_run_all_smoke(tmp_path):
     _check_provenance(data["web_export_vision_pairs_per_task"], "web_export")
     assert data["web_load_kinds"]["kinds"] == ["pairwise", "hallucination"]
     assert data["web_export_vision_pairs"]["shape"] == "vision_pairs"
+    _check_provenance(data["web_load_hindsight"], "web_load")
+    assert data["web_load_hindsight"]["kinds"] == ["pairwise", "hindsight"]
+    for shape in ("pairs", "hindsight"):
+        _check_provenance(data[f"web_export_hindsight_{shape}"], "web_export")
+        assert data[f"web_export_hindsight_{shape}"]["shape"] == shape
 
 
 def test_web_export_smoke(tmp_path):
