@@ -1,8 +1,11 @@
 """Proof that the multimodal loop reduces hallucination: rounds of vision DPO with an oracle annotator.
 
 The world (bench/hallucination_world.py, on training.scenes): coloured shapes on a grid, drawn
-locally, every fact known. π_0 is a tiny LLaVA-style model (training.vision.build_tiny_vlm)
-warm-started on answers that make one false claim 40% of the time. Each round r = 1..R:
+locally, every fact known. π_0 is a tiny LLaVA-style model (training.vision.build_tiny_vlm,
+48 px scenes in 16 px patches, pixels centred on the background) warm-started on answers that make
+one false claim 40% of the time, beside the scenes' true captions, its random vision tower fixed
+(bench/hallucination_world.py says why: without these π_0 ignored the image, and DPO could only
+learn which claims are rarely false, not which are false in THIS image). Each round r = 1..R:
 
 1. π_{r-1} samples K answers per prompt on a fresh slice of training scenes
    (training.vision_generation).
@@ -43,6 +46,7 @@ from bench.hallucination_world import (  # noqa: E402
     Images,
     Prompt,
     best_vs_worst,
+    caption_examples,
     evaluate,
     labelled_pairs,
     make_prompts,
@@ -57,14 +61,15 @@ from bench.hallucination_world import (  # noqa: E402
 class Settings:
     seed: int = 0
     rounds: int = 3
-    image_size: int = 64
+    image_size: int = 48
     patch: int = 16
-    sft_prompts: int = 800
-    sft_steps: int = 4000
+    sft_prompts: int = 3000
+    sft_steps: int = 3000
+    captions: bool = True
     false_rate: float = 0.4
     prompts_per_round: int = 128
     k: int = 4
-    eval_prompts: int = 96
+    eval_prompts: int = 192
     eval_k: int = 2
     max_new_tokens: int = 48
     dpo_beta: float = 0.5
@@ -132,6 +137,7 @@ def _reward_accuracies(rows: list[dict[str, Any]], s: Settings, seed: int) -> tu
 
 def run_loop(work: Path, s: Settings) -> dict[str, Any]:
     from training.dpo import DPOConfig
+    from training.scenes import BACKGROUND
     from training.vision import build_tiny_vlm, scenes_corpus
     from training.vision_dpo import train_vision_dpo
 
@@ -151,9 +157,13 @@ def run_loop(work: Path, s: Settings) -> dict[str, Any]:
         hidden_size=64,
         intermediate=128,
         vision_hidden_size=64,
+        image_mean=[c / 255 for c in BACKGROUND],
+        image_std=[0.25] * 3,
         seed=s.seed,
     )
     examples = sft_examples(train, rng, per_prompt=2, false_rate=s.false_rate)
+    if s.captions:
+        examples += caption_examples(train)
     pi0 = warm_start(work / "pi0", init, examples, images, steps=s.sft_steps, seed=s.seed)
     print(f"warm start: {len(examples)} answers, {time.perf_counter() - started:.1f}s", flush=True)
     base = _generate(pi0, held_out, images, s.eval_k, s, seed=10_000)

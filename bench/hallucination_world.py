@@ -4,14 +4,23 @@ Everything true is known (training.scenes): a prompt is a drawn scene and one qu
 the oracle reads any answer back with `claims_of` and counts its false claims per category and
 its distinct true claims. Chosen for a tiny model on CPU (the finding of
 tests/training/test_vision_dpo.py: a fresh tiny tower at 32 px barely sees a scene's small
-shapes): scenes of two large shapes of different kinds (a small shape is about 4 px across at
-64 px), drawn at 64 px and cut into 16 px patches (16 image tokens), and questions whose direct
-answer is about presence, count, colour or relation (all shapes large, so comparisons are moot;
-a false size claim is then always "small", which a policy can learn to avoid without looking).
+shapes): scenes of two large shapes of different kinds, and questions whose direct answer is
+about presence, count, colour or relation (all shapes large, so comparisons are moot; a false
+size claim is then always "small", which a policy can learn to avoid without looking). The loop
+draws them at 48 px in 16 px patches: 9 image tokens, about one per grid cell.
 
 π_0 is warm-started by supervised fine-tuning on answers written by `respond`: each answer makes
 2 true claims and, with probability `false_rate` (0.4), one false claim too, so π_0 hallucinates
-at a known rate and a hallucinating answer is not less informative than a faithful one.
+at a known rate and a hallucinating answer is not less informative than a faithful one. Beside
+them the warm start reads each scene's true captions under a question the bench never asks
+(`caption_examples`, LLaVA's feature-alignment stage), and keeps the random vision tower fixed.
+Measured on this bench (issue 12): with the tower trained along and CLIP's pixel normalisation
+(the light background far from its mean, so the shapes were a small part of every patch) the
+projector muted the image within the first steps, and π_0 gave the same answers whatever the
+picture; the loop now centres pixels on the background (`build_tiny_vlm(image_mean=...)`).
+Even so π_0 samples (temperature 1) hallucinate far more often than 40%: the tiny language model
+also mixes up names ("the green star" in a scene with a red one), which the oracle counts as
+made-up objects.
 """
 
 from __future__ import annotations
@@ -124,10 +133,13 @@ def prefer(scene: Scene, first: str, second: str) -> int:
 def best_vs_worst(
     prompts: Sequence[Prompt], samples: Sequence[Sequence[str]]
 ) -> list[tuple[Prompt, str, str]]:
-    """Per prompt, the oracle's best sample against its worst (none when all tie)."""
+    """Per prompt, the oracle's best sample against its worst (none when all tie); empty samples
+    are left out (see `labelled_pairs`)."""
     pairs = []
     for prompt, texts in zip(prompts, samples, strict=True):
-        ranked = sorted(set(texts), key=lambda t: (judge(prompt.scene, t).utility, t))
+        ranked = sorted(
+            {t for t in texts if t.strip()}, key=lambda t: (judge(prompt.scene, t).utility, t)
+        )
         if ranked and prefer(prompt.scene, ranked[-1], ranked[0]) > 0:
             pairs.append((prompt, ranked[-1], ranked[0]))
     return pairs
@@ -137,10 +149,11 @@ def labelled_pairs(
     prompts: Sequence[Prompt], samples: Sequence[Sequence[str]]
 ) -> list[tuple[Prompt, str, str]]:
     """Every pair of a prompt's samples the oracle does not call a tie, as (prompt, chosen, rejected);
-    identical texts are one sample."""
+    identical texts are one sample. An empty sample (the policy wrote EOS at once) is left out:
+    the fact reward model and DPO need a response on both sides of a pair."""
     pairs = []
     for prompt, texts in zip(prompts, samples, strict=True):
-        distinct = list(dict.fromkeys(texts))
+        distinct = list(dict.fromkeys(t for t in texts if t.strip()))
         for i in range(len(distinct)):
             for j in range(i + 1, len(distinct)):
                 order = prefer(prompt.scene, distinct[i], distinct[j])
@@ -213,6 +226,19 @@ def sft_examples(
     return out
 
 
+CAPTION_QUESTION = "Write a caption for the image."
+
+
+def caption_examples(prompts: Sequence[Prompt]) -> list[tuple[Prompt, str]]:
+    """The scenes' true captions, asked by a question the bench never asks (LLaVA's stage 1:
+    text that only the image determines, so the tower's features are read, not muted)."""
+    question = Question(CAPTION_QUESTION)
+    return [
+        (replace(prompt, question=question), " ".join(scenes.captions(prompt.scene)))
+        for prompt in prompts
+    ]
+
+
 def warm_start(
     path: Path,
     init: Path,
@@ -222,12 +248,15 @@ def warm_start(
     steps: int,
     batch_size: int = 16,
     learning_rate: float = 3e-3,
+    tower_learning_rate: float = 0.0,
     seed: int = 0,
 ) -> Path:
     """π_0: the tiny VLM at `init` fitted on (prompt, answer) examples, loss on the answer only.
 
     A plain AdamW loop rather than TRL's SFTTrainer: the inputs are encoded once (the processor's
     image tokens and pixels, then the answer's ids and EOS), and each step is one forward pass.
+    The vision tower trains at `tower_learning_rate`; at 0 (the default) it stays as built: trained
+    with the rest from scratch, it learnt to give every image the same features (module docstring).
     """
     import torch
 
@@ -250,7 +279,14 @@ def warm_start(
         encoded.append((batch["input_ids"][0].tolist(), answer_ids, batch["pixel_values"][0]))
     torch.manual_seed(seed)
     rng = random.Random(seed)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=learning_rate)
+    tower = model.model.vision_tower
+    for parameter in tower.parameters():
+        parameter.requires_grad_(tower_learning_rate > 0)
+    tower_ids = {id(p) for p in tower.parameters()}
+    groups = [{"params": [p for p in model.parameters() if id(p) not in tower_ids]}]
+    if tower_learning_rate > 0:
+        groups.append({"params": list(tower.parameters()), "lr": tower_learning_rate})
+    optimizer = torch.optim.AdamW(groups, lr=learning_rate)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1 - s / max(steps, 1))
     model.train()
     for step in range(steps):

@@ -17,7 +17,7 @@ more than there are features.
 from __future__ import annotations
 
 import random
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -77,6 +77,8 @@ def build_tiny_vlm(
     vision_hidden_size: int = 32,
     vision_layers: int = 1,
     max_positions: int = 256,
+    image_mean: Sequence[float] | None = None,
+    image_std: Sequence[float] | None = None,
     seed: int = 0,
 ) -> Path:
     """Build a randomly initialised LLaVA-style model with its processor and save both to ``path``.
@@ -84,8 +86,10 @@ def build_tiny_vlm(
     The vision tower is CLIP-like (``image_size`` px images cut in ``patch`` px patches, so one
     ``<image>`` becomes (image_size/patch)² tokens), the language model a Llama of ``layers``
     blocks, ``hidden_size`` wide. The tokenizer is ``training.models.build_tokenizer`` trained on
-    ``corpus`` (default: ``scenes_corpus()``) plus the ``<image>`` token. Returns ``path``;
-    reload with ``load_vlm(path)``.
+    ``corpus`` (default: ``scenes_corpus()``) plus the ``<image>`` token. ``image_mean`` and
+    ``image_std`` (per RGB channel, in [0, 1]; default CLIP's) normalise the pixels: a mean at the
+    images' background colour makes an empty patch zero, so a fresh tower's features are the
+    shapes and not the constant background. Returns ``path``; reload with ``load_vlm(path)``.
     """
     import torch
     from transformers import (
@@ -116,6 +120,8 @@ def build_tiny_vlm(
         image_processor=CLIPImageProcessorPil(
             size={"shortest_edge": image_size},
             crop_size={"height": image_size, "width": image_size},
+            **({"image_mean": list(image_mean)} if image_mean is not None else {}),
+            **({"image_std": list(image_std)} if image_std is not None else {}),
         ),
         tokenizer=tokenizer,
         patch_size=patch,
