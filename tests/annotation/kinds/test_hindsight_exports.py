@@ -10,7 +10,7 @@ import pytest
 
 from annotation import services
 from annotation.errors import InvalidInput
-from annotation.models import Judgement, Role
+from annotation.models import Judgement, Response, Role, Task
 from annotation.selectors.export import (
     Position,
     _python_blocks,
@@ -167,3 +167,112 @@ def test_pairs_read_hindsight_by_default_and_foresight_on_request():
     assert refused.value.errors[0]["field"] == "phase"
     with pytest.raises(InvalidInput):
         export_judgements(project=project, shape="raw", since=None, phase="hindsight")
+
+
+# --- the SQL paths against the portable rows ---------------------------------------------------
+
+
+def _end(project) -> Position:
+    last = Judgement.objects.filter(project=project).order_by("-commit_seq", "-id").first()
+    return Position(last.commit_seq, last.id)
+
+
+def _texts(blocks) -> list[str]:
+    """Each line re-serialised the same way: whitespace differs between the paths, but this keeps
+    key order and int-versus-float apart ("3" and "3.0" stay different)."""
+    return [
+        json.dumps(json.loads(line), ensure_ascii=False)
+        for block in blocks
+        for line in block.split("\n")
+        if line
+    ]
+
+
+def _both(project, shape: str, *, chunk: int = 3, phase: str | None = None):
+    end = _end(project)
+    sql = _texts(_sql_blocks(project, shape, Position(0, 0), end, chunk, None, phase))
+    portable = _texts(_python_blocks(project, shape, Position(0, 0), end, chunk, None, phase))
+    return sql, portable
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("chunk", [1, 3, 1000])
+def test_both_shapes_sql_lines_equal_the_portable_lines_in_each_phase_and_page_size(chunk):
+    project = _project()
+    for shape, phase in [
+        ("pairs", None),
+        ("pairs", "hindsight"),
+        ("pairs", "foresight"),
+        ("hindsight", None),
+    ]:
+        sql, portable = _both(project, shape, chunk=chunk, phase=phase)
+        assert portable, (shape, phase)
+        assert sql == portable, (shape, phase)
+    foresight = [json.loads(line) for line in _both(project, "pairs", phase="foresight")[0]]
+    assert {row["phase"] for row in foresight} == {"foresight"}
+    # A foresight row has no agreement to share; margins are floats on both paths.
+    assert [row["agreement"] for row in foresight] == [None, None, None]
+    assert all(type(row["margin"]) is float for row in foresight)
+
+
+@pytest.mark.django_db
+def test_the_one_response_task_is_no_pair_but_a_hindsight_row_on_the_sql_path():
+    project = _project()
+    # The first annotator's hindsight on "Is option C cheaper?", its only response rated 1.
+    one = Judgement.objects.get(project=project, phase="hindsight", payload__ratings=[1])
+    pairs = [json.loads(line) for line in _both(project, "pairs")[0]]
+    assert one.id not in {pk for row in pairs for pk in row["judgement_ids"]}
+    rows = [json.loads(line) for line in _both(project, "hindsight")[0]]
+    (row,) = [r for r in rows if r["judgement_ids"][1] == one.id]
+    assert row["responses"] == [
+        {"text": "Yes, C is cheapest.", "model": "", "outcome": "C cost more at checkout."}
+    ]
+    assert row["foresight"]["choice"] is None and row["hindsight"]["choice"] is None
+    assert row["foresight"]["reason"] == "" and row["hindsight"]["reason"] == "cost more"
+    assert row["flipped"] is None
+
+
+@pytest.mark.django_db
+def test_true_utility_is_the_prompts_imported_one_on_both_paths_not_the_response_column():
+    project = _project()
+    # A world model writes the column with simulated outcomes; the export reads only what the
+    # import put in the prompt's metadata (stated on Response.true_utility), on either path.
+    Response.objects.filter(prompt__project=project).update(true_utility=0.25)
+    sql, portable = _both(project, "hindsight")
+    assert sql == portable
+    utilities = {
+        row["external_id"]: row["true_utility"] for row in (json.loads(line) for line in sql)
+    }
+    assert utilities == {"market-1": [-1.0, 0.8], None: None}
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(
+    ("count", "judgements", "agreement"),
+    # 1/32 = 0.03125 is an exact tie: Python rounds it to even (0.0312), as must the SQL.
+    [(2, 3, 0.6667), (1, 32, 0.0312), (3, 32, 0.0938), (0, 0, 0.0), (4, 4, 1.0)],
+)
+def test_pairs_agreement_is_rounded_as_python_rounds_it_on_the_sql_path(
+    count, judgements, agreement
+):
+    project = _project()
+    pair = Judgement.objects.filter(project=project, phase="hindsight", answer="B").first()
+    Task.objects.filter(pk=pair.task_id).update(
+        answer_counts={"B": count} if count else {}, judgement_count=judgements
+    )
+    sql, portable = _both(project, "pairs")
+    assert sql == portable
+    (row,) = [r for r in map(json.loads, sql) if r["judgement_ids"] == [pair.id]]
+    assert row["agreement"] == agreement and type(row["agreement"]) is float
+
+
+@pytest.mark.django_db
+def test_the_sql_lines_never_carry_the_hidden_facts():
+    project = _project()
+    end = _end(project)
+    for shape in shapes_of(project=project):
+        for phase in [None, "foresight"] if shape == "pairs" else [None]:
+            text = "".join(_sql_blocks(project, shape, Position(0, 0), end, 1000, None, phase))
+            assert text, shape
+            for secret in ("never exported", "x_ram_gb", "p_battery_h", "hidden"):
+                assert secret not in text, (shape, secret)
