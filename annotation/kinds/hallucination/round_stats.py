@@ -28,6 +28,7 @@ from typing import Any
 from django.utils.safestring import SafeString
 
 from ...charts import Series, grouped_bar_chart
+from ..round_figures import PanelLine, PolicyFigures
 from .payload import DEFAULT_CATEGORIES
 from .stats import category_rates, hallucination_counts
 
@@ -94,34 +95,6 @@ class ScopeFigures:
             "by_category": dict(self.by_category),
             "spans": dict(self.spans),
         }
-
-
-@dataclass(frozen=True)
-class PolicyFigures:
-    """One model version of the loop's policies, with its figures held out and over all tasks."""
-
-    round: int
-    model_version: int
-    name: str
-    held_out: ScopeFigures
-    all_tasks: ScopeFigures
-
-    def as_json(self) -> dict[str, Any]:
-        return {
-            "model_version": self.model_version,
-            "name": self.name,
-            "round": self.round,
-            "held_out": self.held_out.as_json(),
-            "all_tasks": self.all_tasks.as_json(),
-        }
-
-
-@dataclass(frozen=True)
-class PanelLine:
-    """A row of the dashboard's table: a policy, its figures and its round's human win rate."""
-
-    policy: PolicyFigures
-    win_rate: str
 
 
 @dataclass(frozen=True)
