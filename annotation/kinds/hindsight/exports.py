@@ -112,16 +112,16 @@ def _float_json(x: str) -> str:
 
 
 # pair_row, in SQL. Pairs are the hot export, so the line is concatenated text (as pairwise's
-# PAIRS_SQL: every part non-null, texts through to_json for escaping). `v` computes once:
+# PAIRS_SQL: every part non-null, texts through to_json for escaping). `v` names the parts:
 # - margin: _margin's max(1, chosen - rejected rating) in float8, 1.0 without two ratings;
 # - agreement: _record's round(count / max(judgements, 1), 4) in float8 as Python computes it
 #   (round(float8) rounds half to even, as Python's round does on an exact tie).
 # The kind takes at most two responses per task, so the slots at positions 0 and 1 are all of them.
 # Rows are found by `j.answer`, the agreement key validate_payload stores (the choice, "" with one
 # response), not by the payload: the column has statistics, so the planner walks the export index
-# under the LIMIT; an estimate for `payload ->> 'choice'` made it join and sort every remaining
-# row for each page (measured: 10k instead of ~60k rows/s). The line still follows the payload
-# as pair_row does, NULL (left out) should the two ever disagree.
+# under the LIMIT; its blind estimate for `payload ->> 'choice'` made it join and sort every
+# remaining row for each page (bench.web_export: 10k rows/s, against 24k on the same busy box).
+# The line still follows the payload as pair_row does, NULL (left out) should the two disagree.
 PAIRS_SQL = f"""
 SELECT j.commit_seq, j.id, CASE WHEN v.choice IN ('A', 'B') THEN
     '{{"prompt":' || p.messages::text
