@@ -10,10 +10,10 @@ towards a FIXED reference π_0 (``reference_ref``), not towards π_{r-1}.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Sequence, Sized
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 from training.artifacts import ProgressCallback
 from training.data import PreferencePair
@@ -120,7 +120,7 @@ def train_dpo(
             callbacks=progress_callbacks(progress, "dpo"),
             peft_config=lora_config(config) if config.lora else None,
         )
-        if len(trainer.train_dataset) == 0:
+        if len(cast(Sized, trainer.train_dataset)) == 0:
             # TRL drops a pair whose prompt leaves no room for its answer within max_length;
             # its own error ("num_samples=0") would not say which setting to change.
             raise ValueError(

@@ -116,12 +116,18 @@ def build_tiny_vlm(
     )
     tokenizer.add_tokens([IMAGE_TOKEN], special_tokens=True)
     tokenizer.chat_template = VISION_CHAT_TEMPLATE
+    # CLIP's normalisation unless the caller names another (the shapes world centres its light
+    # background: under CLIP's mean every background patch looks alike).
+    normalisation: dict[str, Any] = {}
+    if image_mean is not None:
+        normalisation["image_mean"] = list(image_mean)
+    if image_std is not None:
+        normalisation["image_std"] = list(image_std)
     processor = LlavaProcessor(
         image_processor=CLIPImageProcessorPil(
             size={"shortest_edge": image_size},
             crop_size={"height": image_size, "width": image_size},
-            **({"image_mean": list(image_mean)} if image_mean is not None else {}),
-            **({"image_std": list(image_std)} if image_std is not None else {}),
+            **normalisation,
         ),
         tokenizer=tokenizer,
         patch_size=patch,
