@@ -101,7 +101,8 @@ class AssignmentCreateApi(APIView):
 
 
 class AssignmentSerializer(serializers.Serializer):
-    class TaskSerializer(LeasedTaskSerializer.TaskSerializer):
+    # Its own name: two nested "TaskSerializer"s would be one "Task" component in the schema.
+    class AssignmentTaskSerializer(LeasedTaskSerializer.TaskSerializer):
         class ShownResponseSerializer(serializers.Serializer):
             id = serializers.IntegerField()
             text = serializers.CharField()
@@ -123,7 +124,7 @@ class AssignmentSerializer(serializers.Serializer):
         help_text='The phase due next (hindsight: foresight, then hindsight); "" for an open '
         "assignment of a kind without phases; null when nothing is due.",
     )
-    task = TaskSerializer()
+    task = AssignmentTaskSerializer()
 
 
 class AssignmentDetailApi(APIView):

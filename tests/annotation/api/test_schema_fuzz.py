@@ -167,6 +167,7 @@ def test_each_view_documents_its_own_body(schema):
         "DecisiveJudgement",
         "EvenJudgement",
         "HallucinationJudgement",
+        "HindsightJudgement",
     ]
     assert components["DecisiveJudgement"]["properties"]["time_spent_ms"]["maximum"] == (
         MAX_TIME_SPENT_MS
