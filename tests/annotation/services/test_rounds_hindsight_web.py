@@ -17,6 +17,10 @@ from annotation.selectors.rounds import human_win_rates
 from annotation.services import rounds
 from annotation.services.simulation import TINY_LOOP
 from tests.annotation.loop_support import celery_worker
+
+# π_0 (the warm-words tiny Llama, also the reward backbone) and the artifact folder, built once
+# for both hindsight round tests.
+from tests.annotation.services.test_rounds_hindsight import artifacts, pi0  # noqa: F401
 from tests.factories import UserFactory
 from training import marketplace
 
@@ -24,23 +28,6 @@ pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
 
 BROKER = settings.CELERY_BROKER_URL
 TRAIN, EVAL = 16, 4
-
-
-@pytest.fixture(scope="session")
-def pi0(tmp_path_factory):
-    from training.oracles import oracle_named
-
-    return oracle_named("warm-words").warm_start(
-        tmp_path_factory.mktemp("hindsight-web") / "pi0", steps=30
-    )
-
-
-@pytest.fixture
-def artifacts(tmp_path, settings, pi0):
-    settings.TANDEM_MODEL_ROOTS = [pi0.parent]
-    settings.TANDEM_ARTIFACT_ROOT = tmp_path / "artifacts"
-    settings.TANDEM_ARTIFACT_ROOT.mkdir()
-    return settings.TANDEM_ARTIFACT_ROOT
 
 
 @pytest.fixture
@@ -53,7 +40,7 @@ def purged_broker():
     client.flushdb()
 
 
-def market_loop_project(pi0):
+def market_loop_project(pi0):  # noqa: F811
     creator = UserFactory(is_staff=True)
     project = services.project_create(
         creator=creator,
@@ -91,7 +78,11 @@ def market_loop_project(pi0):
 
 
 def test_one_hindsight_round_through_the_web_app(
-    live_server, pi0, artifacts, purged_broker, tmp_path
+    live_server,
+    pi0,  # noqa: F811
+    artifacts,  # noqa: F811
+    purged_broker,
+    tmp_path,
 ):
     project = market_loop_project(pi0)
     out = io.StringIO()
