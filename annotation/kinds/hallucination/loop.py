@@ -12,15 +12,19 @@ select, then blind π_r-vs-π_{r-1} evaluation tasks. What images and facts chan
   image. The same pairs without the facts train one blind model (`train_fact_reward`), whose
   held-out accuracy the round records beside the ensemble's (`without_facts`): the facts must
   earn their place;
-- policy: vision DPO (training.vision_dpo) from π_{r-1} against the fixed π_0, the images opened
-  from the project's storage;
+- policy: from π_{r-1} against the fixed π_0, the images opened from the project's storage;
+  vision DPO through TRL (training.vision_dpo), or dense DPO when corrections are among the
+  round's pairs (below);
 - generation: the policy sees each prompt's image (training.vision_generation);
 - a blind evaluation counts as the annotators' verdict says: the answer that hallucinates less
   wins, after a tie the more helpful one, a double tie is half a win.
 
 - corrections (RLHF-V's fine-grained feedback, the `corrections` export) join the policy's pairs:
-  the corrected answer chosen over the original. They are trained by plain vision DPO: dense DPO
-  (γ on the changed tokens, training.dense_dpo) trains text causal LMs only so far.
+  the corrected answer chosen over the original, marked `"correction": true`. A round with any
+  trains by dense DPO (training.vision_dense_dpo: the tokens a correction changed weigh γ = 3,
+  every other token of every pair 1, so the human and model-labelled pairs get plain DPO's
+  loss); γ is not among the policy overrides a manager may set (annotation/loop.py), so it is
+  RLHF-V's default. An IPO project keeps TRL's IPO loss: dense DPO is the sigmoid loss only.
 """
 
 from __future__ import annotations
@@ -76,6 +80,19 @@ def _reply(text: str) -> list[dict[str, Any]]:
     return [{"role": "assistant", "content": [{"type": "text", "text": text}]}]
 
 
+def dense_config(config: Any) -> Any:
+    """The round's `training.dpo.DPOConfig` as a `training.dense_dpo.DenseDPOConfig`: every shared
+    field (optimisation, precision, LoRA, β) carried over, γ from the config when it has one."""
+    from dataclasses import fields
+
+    from training.dense_dpo import DenseDPOConfig
+
+    names = {f.name for f in fields(DenseDPOConfig)}
+    return DenseDPOConfig(
+        **{f.name: getattr(config, f.name) for f in fields(config) if f.name in names}
+    )
+
+
 class HallucinationLoop(PairwiseLoop):
     """Hooks of the hallucination kind: images and facts in, a less hallucinating policy out.
 
@@ -97,13 +114,15 @@ class HallucinationLoop(PairwiseLoop):
     def correction_pairs(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """`corrections` rows as `vision_pairs` rows: the annotator's corrected answer chosen,
         the original rejected. A correction that changes nothing (or empties the answer) carries
-        no preference and is left out."""
+        no preference and is left out. `correction` marks the row for dense DPO's weights (TRL's
+        path reads only images, prompt, chosen and rejected: training.vision_dpo.vision_rows)."""
         return [
             {
                 "images": [row["image"]],
                 "prompt": vision_prompt(row["prompt"]),
                 "chosen": _reply(row["chosen"]),
                 "rejected": _reply(row["rejected"]),
+                "correction": True,
             }
             for row in rows
             if row.get("image")
@@ -208,23 +227,26 @@ class HallucinationLoop(PairwiseLoop):
         data_cursor: str,
         parent: str,
     ) -> Trained:
-        """π_r by vision DPO from π_{r-1} against the fixed π_0, on the rows' stored images."""
+        """π_r from π_{r-1} against the fixed π_0, on the rows' stored images: dense DPO when a
+        row is a correction (and the loss is DPO's sigmoid), TRL's vision DPO otherwise."""
+        from training.vision_dense_dpo import train_vision_dense_dpo
         from training.vision_dpo import train_vision_dpo
 
         from ...selectors.round_data import image_loader  # the selectors import the kinds
 
-        return train_vision_dpo(
-            pairs,
-            config,
-            images=image_loader(project),
-            policy_ref=policy_ref,
-            reference_ref=reference_ref,
-            root=root,
-            name=name,
-            progress=progress,
-            data_cursor=data_cursor,
-            parent=parent,
-        )
+        common: dict[str, Any] = {
+            "images": image_loader(project),
+            "policy_ref": policy_ref,
+            "reference_ref": reference_ref,
+            "root": root,
+            "name": name,
+            "progress": progress,
+            "data_cursor": data_cursor,
+            "parent": parent,
+        }
+        if config.loss == "sigmoid" and any(row.get("correction") is True for row in pairs):
+            return train_vision_dense_dpo(pairs, dense_config(config), **common)
+        return train_vision_dpo(pairs, config, **common)
 
     # --- generating and scoring ---------------------------------------------------------------
 

@@ -8,9 +8,10 @@ from types import SimpleNamespace
 import pytest
 
 from annotation.kinds import kind_for
-from annotation.kinds.hallucination.loop import HallucinationLoop
+from annotation.kinds.hallucination.loop import HallucinationLoop, dense_config
 from annotation.kinds.pairwise_loop import PairwiseLoop
 from annotation.selectors.round_data import loop_hooks
+from tests.annotation.image_support import media  # noqa: F401
 
 SHA = "ab" * 32
 HOOKS = HallucinationLoop()
@@ -96,6 +97,7 @@ def test_a_correction_trains_the_policy_as_a_pair_and_an_empty_one_does_not():
     }
     expected = _row(f"images/{SHA}.png", rejected="There is a red circle. There is a cat.")
     del expected["context"]
+    expected["correction"] = True  # dense DPO weighs the tokens it changed
     expected["prompt"][0]["content"][1]["text"] = "What is there?"
     assert HOOKS.correction_shape in kind_for("hallucination").export_shapes
     assert HOOKS.correction_pairs([row]) == [expected]
@@ -143,3 +145,120 @@ def test_the_reward_model_reads_the_facts_before_the_last_question():
     # No facts: the question alone.
     bare = HOOKS.reward_prompt(SimpleNamespace(messages=prompt.messages[1:2], context={}))
     assert bare == [{"role": "user", "content": "Question: Is there a circle?"}]
+
+
+# --- which trainer a round's policy pairs go to ------------------------------------------------
+
+
+def test_the_rounds_dpo_config_carries_over_to_dense_dpo():
+    from training.dense_dpo import DenseDPOConfig
+    from training.dpo import DPOConfig
+
+    config = DPOConfig(
+        learning_rate=2e-3,
+        beta=0.3,
+        epochs=2.0,
+        batch_size=3,
+        max_length=99,
+        seed=7,
+        device="cpu",
+        lora=True,
+        lora_r=4,
+    )
+    dense = dense_config(config)
+    assert isinstance(dense, DenseDPOConfig)
+    assert (dense.learning_rate, dense.beta, dense.epochs, dense.batch_size) == (2e-3, 0.3, 2.0, 3)
+    assert (dense.max_length, dense.seed, dense.device, dense.lora, dense.lora_r) == (
+        99,
+        7,
+        "cpu",
+        True,
+        4,
+    )
+    assert dense.gamma == 3.0 and not dense.normalize  # not settable per project: RLHF-V's γ
+
+
+@pytest.mark.slow
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.usefixtures("media")
+def test_corrections_send_the_policy_through_dense_dpo_and_plain_pairs_through_trl(
+    tmp_path, settings
+):
+    """train_policy on the project's stored images: with a correction among the pairs π_r is
+    trained by dense DPO; without one, or for an IPO project, by TRL's vision DPO."""
+    from dataclasses import replace
+
+    from annotation.kinds.hallucination.exports import image_path
+    from annotation.models import Prompt
+    from annotation.selectors.round_data import prompt_images
+    from tests.annotation.loop_support import hallucination_loop_project, tiny_vision_models
+    from tests.factories import UserFactory
+    from training.artifacts import read_manifest
+    from training.dpo import DPOConfig
+
+    policy, reward = tiny_vision_models(tmp_path / "models")
+    settings.TANDEM_MODEL_ROOTS = [policy.parent]
+    project = hallucination_loop_project(
+        creator=UserFactory(is_staff=True),
+        policy=policy,
+        reward_backbone=reward,
+        labelled=3,
+        prompts_per_round=1,
+        eval_prompts=0,
+    )
+    prompts = list(Prompt.objects.filter(project=project, split="train").order_by("id"))
+    images = prompt_images(prompts)
+    judged = [
+        HOOKS.labelled_row(
+            prompt=p.messages,
+            texts=["There is a red circle.", "There is a cat on a boat."],
+            label={"choice": "A"},
+            image=images[p.image],
+            context=p.context,
+        )
+        for p in prompts[:2]
+    ]
+    corrected = HOOKS.correction_pairs(
+        [
+            {
+                "image": image_path(images[prompts[2].image]),
+                "prompt": prompts[2].messages,
+                "chosen": "There is a red circle.",
+                "rejected": "There is a green circle.",
+            }
+        ]
+    )
+    config = DPOConfig(
+        learning_rate=1e-3, beta=0.2, max_steps=2, batch_size=2, device="cpu", max_length=128
+    )
+    seen = []
+
+    def train(pairs, config, name):
+        return HOOKS.train_policy(
+            pairs,
+            config,
+            project=project,
+            policy_ref=str(policy),
+            reference_ref=str(policy),
+            root=tmp_path / "runs",
+            name=name,
+            progress=seen.append,
+            data_cursor="c1",
+            parent="round-0-policy",
+        )
+
+    dense = train(judged + corrected, config, "dense")
+    manifest = read_manifest(dense.path)
+    assert manifest.kind == "policy-vision-dense-dpo"
+    assert (dense.metrics["pairs"], dense.metrics["corrections"]) == (3, 1)
+    assert (manifest.config["beta"], manifest.config["gamma"]) == (0.2, 3.0)
+    assert (manifest.data_cursor, manifest.parent) == ("c1", "round-0-policy")
+    assert seen and seen[-1].stage == "vision-dense-dpo"
+
+    plain = train(judged, config, "plain")
+    assert read_manifest(plain.path).kind == "policy-vision-dpo"
+    assert plain.metrics["pairs"] == 2
+    # IPO has no dense form here: the corrections train as ordinary pairs under TRL's IPO loss.
+    ipo = train(judged + corrected, replace(config, loss="ipo"), "ipo")
+    assert read_manifest(ipo.path).kind == "policy-vision-dpo"
+    assert read_manifest(ipo.path).config["loss"] == "ipo" and ipo.metrics["pairs"] == 3

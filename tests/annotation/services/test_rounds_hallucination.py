@@ -109,13 +109,15 @@ def test_one_multimodal_round_through_the_web_app(
     blind = reward.metrics["without_facts"]
     assert blind["accuracy"] is not None and blind["eval"]["n"] == reward.metrics["eval"]["n"]
 
-    # π_1 is a vision-language model trained by vision DPO from π_0, and registered.
+    # π_1 is a vision-language model trained from π_0, and registered: by dense DPO, since the
+    # oracle corrected some answers (RLHF-V's γ on the tokens a correction changed).
     pi0 = ModelVersion.objects.get(project=project, kind="policy", round=0)
     pi1 = ModelVersion.objects.get(project=project, kind="policy", round=1)
     assert loop_round.policy_version_id == pi1.pk and pi1.parent_id == pi0.pk
     manifest = read_manifest(pi1.artifact_path)
-    assert manifest.kind == "policy-vision-dpo"
-    assert manifest.metrics["pairs"] > 0 and manifest.metrics["steps"] > 0
+    assert manifest.kind == "policy-vision-dense-dpo"
+    assert manifest.metrics["pairs"] > manifest.metrics["corrections"] > 0
+    assert manifest.metrics["steps"] > 0
     model, processor = load_vlm(pi1.artifact_path, "cpu")
     assert model.config.model_type == "llava" and processor.image_processor is not None
 
@@ -222,6 +224,7 @@ def test_a_multimodal_round_in_process_reads_facts_images_and_corrections(vision
     assert corrections and len(vision_rows(corrections)) == len(corrections)
     pi1 = ModelVersion.objects.get(project=project, kind="policy", round=1)
     assert pi1.metrics["pairs"] == len(rows) + len(corrections)
+    assert pi1.metrics["corrections"] == len(corrections)  # dense DPO weighed their changes
     select = done.runs.get(stage="select")
     assert select.metrics["model_labelled"] > 0 and select.metrics["evaluation_tasks"] == 2
 
