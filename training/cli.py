@@ -11,7 +11,8 @@ metadata, so ``--help`` and the configs cannot drift apart.
 Commands: ``reward`` (fit a reward ensemble), ``dpo`` and ``kto`` (train a
 policy), ``rl`` (RLOO/GRPO against a reward ensemble), ``generate`` (K
 candidates per prompt), ``score`` (ensemble rewards for candidates, or
-held-out metrics for pairs), ``select`` (pairs to label next).
+held-out metrics for pairs), ``select`` (pairs to label next); for images
+(``training.cli_vision``) ``vision-dpo``, ``vlm-reward``, ``fact-reward``, ``vision-generate``.
 """
 
 from __future__ import annotations
@@ -232,22 +233,49 @@ def cmd_rl(args: argparse.Namespace) -> None:
     _emit({"path": str(result.path), "metrics": result.metrics})
 
 
+def add_generator_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--backend``, ``--model`` and the backends' options, plus ``GenerationConfig``'s."""
+    parser.add_argument(
+        "--backend",
+        choices=["transformers", "vllm", "openai"],
+        default="transformers",
+        help="(default: %(default)s)",
+    )
+    parser.add_argument(
+        "--model", required=True, help="model directory, or the served model name for openai"
+    )
+    parser.add_argument("--device", default="auto", help="transformers backend: auto, cpu or cuda")
+    parser.add_argument(
+        "--base-url", help="openai backend: server URL, e.g. http://127.0.0.1:8000/v1"
+    )
+    parser.add_argument(
+        "--api-key-env",
+        default="OPENAI_API_KEY",
+        help="openai backend: environment variable holding the API key",
+    )
+    add_config_arguments(parser, GenerationConfig)
+
+
+def generator_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    """Keyword arguments of ``make_generator`` (or ``make_vision_generator``) for ``--backend``."""
+    if args.backend == "openai":
+        if not args.base_url:
+            raise SystemExit("--backend openai needs --base-url")
+        return {
+            "base_url": args.base_url,
+            "api_key": os.environ.get(args.api_key_env) if args.api_key_env else None,
+        }
+    if args.backend == "transformers":
+        return {"device": args.device}
+    return {}
+
+
 def cmd_generate(args: argparse.Namespace) -> None:
     from training.generation import make_generator
 
     config = config_from_args(args, GenerationConfig)
     rows = _prompt_rows(args.prompts)
-    kwargs: dict[str, Any] = {}
-    if args.backend == "openai":
-        if not args.base_url:
-            raise SystemExit("--backend openai needs --base-url")
-        kwargs = {
-            "base_url": args.base_url,
-            "api_key": os.environ.get(args.api_key_env) if args.api_key_env else None,
-        }
-    elif args.backend == "transformers":
-        kwargs = {"device": args.device}
-    generator = make_generator(args.backend, args.model, **kwargs)
+    generator = make_generator(args.backend, args.model, **generator_kwargs(args))
     completions = generator.generate([row["prompt"] for row in rows], config)
     _write_jsonl(
         args.out,
@@ -394,27 +422,7 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument(
         "--out", type=Path, required=True, help="JSONL output: each row plus 'completions'"
     )
-    generate.add_argument(
-        "--backend",
-        choices=["transformers", "vllm", "openai"],
-        default="transformers",
-        help="(default: %(default)s)",
-    )
-    generate.add_argument(
-        "--model", required=True, help="model directory, or the served model name for openai"
-    )
-    generate.add_argument(
-        "--device", default="auto", help="transformers backend: auto, cpu or cuda"
-    )
-    generate.add_argument(
-        "--base-url", help="openai backend: server URL, e.g. http://127.0.0.1:8000/v1"
-    )
-    generate.add_argument(
-        "--api-key-env",
-        default="OPENAI_API_KEY",
-        help="openai backend: environment variable holding the API key",
-    )
-    add_config_arguments(generate, GenerationConfig)
+    add_generator_arguments(generate)
     generate.set_defaults(func=cmd_generate)
 
     score = commands.add_parser(
@@ -458,6 +466,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--seed", type=int, default=0, help="seed of the random strategy (default: 0)"
     )
     select.set_defaults(func=cmd_select)
+
+    from training.cli_vision import add_vision_commands
+
+    add_vision_commands(commands)
     return parser
 
 
