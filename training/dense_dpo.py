@@ -21,9 +21,10 @@ is plain DPO. RLHF-V also divides ℓ by N = |y_u| + γ·|y_c| (unchanged plus
 mean token log-probabilities, not plain DPO). The default keeps the sum, as
 TRL's DPO does, so that γ = 1 is exactly the DPO of ``training.dpo``.
 
-The loss functions are pure (tensors in, tensors out); ``train_dense_dpo`` is a
-small custom loop around them for causal LMs, since TRL's ``DPOTrainer`` has
-no per-token weights.
+The loss functions are pure (tensors in, tensors out). TRL's ``DPOTrainer`` has
+no per-token weights, hence ``dense_dpo_loop``, a small loop of our own around
+them that ``train_dense_dpo`` (causal LMs) and ``training.vision_dense_dpo``
+(vision-language models) both run.
 """
 
 from __future__ import annotations
@@ -32,7 +33,8 @@ import difflib
 import math
 import random
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -52,9 +54,12 @@ from training.policy_base import (
 __all__ = [
     "DenseDPOConfig",
     "DenseDPOLoss",
+    "batch_logps",
     "changed_token_weights",
+    "dense_dpo_loop",
     "dense_dpo_loss",
     "encode_correction",
+    "pair_loss",
     "pair_token_weights",
     "sequence_logps",
     "token_logps",
@@ -278,17 +283,135 @@ def _batch(items: Sequence[EncodedCorrection], pad_id: int) -> dict[str, torch.T
         attention[i, : len(ids)] = 1
         labels[i, : len(lab)] = torch.tensor(lab)
         weights[i, : len(w)] = torch.tensor(w)
-    return {
-        "input_ids": input_ids,
-        "attention_mask": attention,
-        "labels": labels,
-        "weights": weights,
+    return dict(input_ids=input_ids, attention_mask=attention, labels=labels, weights=weights)
+
+
+# --- the loop both dense DPO trainers run ------------------------------------------------------
+
+
+def batch_logps(model: Any, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
+    """``token_logps`` of ``batch["labels"]``, ``[B, T]``. Every key but ``labels`` and
+    ``weights`` is a model input (a vision batch's image tensors too); floating ones are cast to
+    the model's dtype, so a bf16 reference takes fp32 pixels."""
+    dtype = next(model.parameters()).dtype
+    inputs = {
+        key: value.to(dtype) if value.is_floating_point() else value
+        for key, value in batch.items()
+        if key not in ("labels", "weights")
     }
+    return token_logps(model(**inputs).logits, batch["labels"])
 
 
-def _logps(model: Any, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
-    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-    return token_logps(logits, batch["labels"])
+def pair_loss(
+    model: Any,
+    reference: Any,
+    batch: Mapping[str, torch.Tensor],
+    *,
+    beta: float,
+    normalize: bool = False,
+) -> DenseDPOLoss:
+    """Dense DPO on a batch of n chosen sequences then their n rejected ones (``labels`` −100 on
+    prompt and padding, ``weights`` 0 there): the policy's log-probabilities with gradients, the
+    reference's without, weighted alike (``dense_dpo_loss``)."""
+    n = batch["input_ids"].shape[0] // 2
+    policy = batch_logps(model, batch)
+    with torch.no_grad():
+        ref = batch_logps(reference, batch)
+    weights = batch["weights"]
+    return dense_dpo_loss(
+        policy[:n],
+        policy[n:],
+        ref[:n],
+        ref[n:],
+        weights[:n],
+        weights[n:],
+        beta=beta,
+        normalize=normalize,
+    )
+
+
+def _orders(size: int, batch_size: int, seed: int) -> Iterator[list[int]]:
+    """Batches of indices, reshuffled each epoch; a short tail joins the next epoch's start."""
+    rng = random.Random(seed)
+    order: list[int] = []
+    while True:
+        if len(order) < batch_size:
+            fresh = list(range(size))
+            rng.shuffle(fresh)
+            order += fresh
+        yield order[:batch_size]
+        order = order[batch_size:]
+
+
+def dense_dpo_loop(
+    model: Any,
+    reference: Any,
+    config: DenseDPOConfig,
+    *,
+    pairs: int,
+    batch: Callable[[list[int]], Mapping[str, torch.Tensor]],
+    device: torch.device,
+    stage: str,
+    progress: ProgressCallback | None = None,
+    accumulation: int = 1,
+    bf16: bool = False,
+) -> dict[str, Any]:
+    """Train ``model`` (its weights that require grad) against the frozen ``reference`` by
+    ``pair_loss`` with AdamW and ``config``'s schedule; both are on ``device`` already.
+
+    ``batch(indices)`` builds, on the CPU, the ``pair_loss`` batch of those of the ``pairs``
+    pairs. A step averages ``accumulation`` micro-batches of ``config.batch_size`` pairs drawn in
+    an order reshuffled every epoch; ``config.max_steps`` steps, else ``config.epochs`` epochs.
+    ``bf16`` autocasts the forward passes. Returns the metrics ``steps``, ``loss_first``,
+    ``loss_final`` and ``reward_accuracy_final`` (share of the last step's pairs whose implicit
+    reward prefers the chosen side).
+    """
+    from transformers import get_scheduler
+
+    per_epoch = math.ceil(pairs / (config.batch_size * accumulation))
+    steps = (
+        config.max_steps if config.max_steps > 0 else max(1, math.ceil(per_epoch * config.epochs))
+    )
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=config.learning_rate)
+    scheduler = get_scheduler(
+        config.lr_scheduler,
+        optimizer,
+        num_warmup_steps=int(config.warmup_ratio * steps),
+        num_training_steps=steps,
+    )
+    autocast = (
+        torch.autocast(device_type=device.type, dtype=torch.bfloat16) if bf16 else nullcontext()
+    )
+    batches = _orders(pairs, config.batch_size, config.seed)
+    losses: list[float] = []
+    accuracy = float("nan")
+    for step in range(steps):
+        optimizer.zero_grad()
+        step_loss, wins, seen = 0.0, 0, 0
+        for _ in range(accumulation):
+            chosen = next(batches)
+            inputs = {k: v.to(device) for k, v in batch(chosen).items()}
+            with autocast:
+                out = pair_loss(
+                    model, reference, inputs, beta=config.beta, normalize=config.normalize
+                )
+            (out.loss / accumulation).backward()
+            step_loss += float(out.loss.detach()) / accumulation
+            wins += int((out.chosen_rewards > out.rejected_rewards).sum())
+            seen += len(chosen)
+        optimizer.step()
+        scheduler.step()
+        losses.append(step_loss)
+        accuracy = wins / seen
+        if progress is not None and (step + 1) % config.logging_steps == 0:
+            progress(Progress(stage=stage, step=step + 1, total=steps, loss=step_loss))
+    return {
+        "steps": steps,
+        "loss_first": losses[0],
+        "loss_final": losses[-1],
+        "reward_accuracy_final": accuracy,
+    }
 
 
 def train_dense_dpo(
@@ -315,8 +438,6 @@ def train_dense_dpo(
     of the last step's pairs whose implicit reward prefers the correction),
     ``seconds``.
     """
-    from transformers import get_scheduler
-
     from training.generation import resolve_device
     from training.models import load_tokenizer
 
@@ -336,10 +457,6 @@ def train_dense_dpo(
         encoded.append(item)
     if not encoded:
         raise ValueError("no corrections that change the text to train on")
-    per_epoch = math.ceil(len(encoded) / config.batch_size)
-    steps = (
-        config.max_steps if config.max_steps > 0 else max(1, math.ceil(per_epoch * config.epochs))
-    )
     run_config = manifest_config(
         config, policy_ref=policy_ref, reference_ref=reference_ref, trainer="dense_dpo"
     )
@@ -356,62 +473,22 @@ def train_dense_dpo(
         model.to(device).train()
         reference: Any = load_causal_lm(reference_ref)
         reference.to(device).eval().requires_grad_(False)
-        optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate)
-        scheduler = get_scheduler(
-            config.lr_scheduler,
-            optimizer,
-            num_warmup_steps=int(config.warmup_ratio * steps),
-            num_training_steps=steps,
+        trained = dense_dpo_loop(
+            model,
+            reference,
+            config,
+            pairs=len(encoded),
+            batch=lambda chosen: _batch([encoded[i] for i in chosen], tokenizer.pad_token_id),
+            device=device,
+            stage="dense-dpo",
+            progress=progress,
         )
-        order_rng = random.Random(config.seed)
-        order: list[int] = []
-        losses: list[float] = []
-        accuracy = float("nan")
-        for step in range(steps):
-            if len(order) < config.batch_size:
-                # Reshuffle once the epoch is used up; a short tail joins the next epoch's start.
-                fresh = list(range(len(encoded)))
-                order_rng.shuffle(fresh)
-                order += fresh
-            chosen_batch, order = order[: config.batch_size], order[config.batch_size :]
-            batch = {
-                k: v.to(device)
-                for k, v in _batch(
-                    [encoded[i] for i in chosen_batch], tokenizer.pad_token_id
-                ).items()
-            }
-            n = len(chosen_batch)
-            policy = _logps(model, batch)
-            with torch.no_grad():
-                ref = _logps(reference, batch)
-            weights = batch["weights"]
-            out = dense_dpo_loss(
-                policy[:n],
-                policy[n:],
-                ref[:n],
-                ref[n:],
-                weights[:n],
-                weights[n:],
-                beta=config.beta,
-                normalize=config.normalize,
-            )
-            optimizer.zero_grad()
-            out.loss.backward()
-            optimizer.step()
-            scheduler.step()
-            losses.append(float(out.loss.detach()))
-            accuracy = float((out.chosen_rewards > out.rejected_rewards).float().mean())
-            if progress is not None and (step + 1) % config.logging_steps == 0:
-                progress(Progress(stage="dense-dpo", step=step + 1, total=steps, loss=losses[-1]))
         model.save_pretrained(str(run.path))
         tokenizer.save_pretrained(str(run.path))
         metrics: dict[str, Any] = {
             "pairs": len(encoded),
             "skipped_unchanged": skipped,
-            "steps": steps,
-            "loss_first": losses[0],
-            "loss_final": losses[-1],
-            "reward_accuracy_final": accuracy,
+            **trained,
             "seconds": round(time.perf_counter() - started, 3),
         }
         run.metrics = metrics

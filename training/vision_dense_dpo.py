@@ -20,31 +20,23 @@ images (which expands each image placeholder into the model's visual tokens), ea
 as the template writes it after the prompt (end-of-turn included), tokenized on its own. The
 diff sees the completions alone. Any ``AutoModelForImageTextToText`` with an ``AutoProcessor``
 trains here: the tiny LLaVA of the tests, LLaVA-1.5 or Qwen2-VL on a GPU. TRL has no per-token
-weights, hence this loop of our own; the reference π_0 is fixed.
+weights, hence a loop of our own, ``training.dense_dpo.dense_dpo_loop``, which the text-only
+trainer runs too; the reference π_0 is fixed.
 """
 
 from __future__ import annotations
 
-import math
-import random
 import time
-from collections.abc import Iterable, Iterator, Mapping, Sequence
-from contextlib import nullcontext
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from training.artifacts import Progress, ProgressCallback
+from training.artifacts import ProgressCallback
 from training.data import RowError
-from training.dense_dpo import (
-    DenseDPOConfig,
-    DenseDPOLoss,
-    dense_dpo_loss,
-    pair_token_weights,
-    token_logps,
-)
+from training.dense_dpo import DenseDPOConfig, dense_dpo_loop, pair_loss, pair_token_weights
 from training.policy_base import PolicyResult, lora_config, manifest_config, training_run
 from training.vision_dpo import (
     ImageLoader,
@@ -211,56 +203,6 @@ def pair_batch(
     return batch
 
 
-def _logps(model: Any, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
-    dtype = next(model.parameters()).dtype
-    inputs = {
-        key: value.to(dtype) if value.is_floating_point() else value
-        for key, value in batch.items()
-        if key not in ("labels", "weights")
-    }
-    return token_logps(model(**inputs).logits, batch["labels"])
-
-
-def pair_loss(
-    model: Any,
-    reference: Any,
-    batch: Mapping[str, torch.Tensor],
-    *,
-    beta: float,
-    normalize: bool = False,
-) -> DenseDPOLoss:
-    """Dense DPO on a ``pair_batch``: the policy's log-probabilities with gradients, the
-    reference's without, weighted alike (``training.dense_dpo.dense_dpo_loss``)."""
-    n = batch["input_ids"].shape[0] // 2
-    policy = _logps(model, batch)
-    with torch.no_grad():
-        ref = _logps(reference, batch)
-    weights = batch["weights"]
-    return dense_dpo_loss(
-        policy[:n],
-        policy[n:],
-        ref[:n],
-        ref[n:],
-        weights[:n],
-        weights[n:],
-        beta=beta,
-        normalize=normalize,
-    )
-
-
-def _orders(size: int, batch_size: int, seed: int) -> Iterator[list[int]]:
-    """Batches of indices, reshuffled each epoch; a short tail joins the next epoch's start."""
-    rng = random.Random(seed)
-    order: list[int] = []
-    while True:
-        if len(order) < batch_size:
-            fresh = list(range(size))
-            rng.shuffle(fresh)
-            order += fresh
-        yield order[:batch_size]
-        order = order[batch_size:]
-
-
 def _publish(model: Any, processor: Any, path: Path, lora: bool) -> None:
     """The full model (a LoRA adapter merged, and kept under ``adapter/``) with its processor."""
     if lora:
@@ -296,7 +238,7 @@ def train_vision_dense_dpo(
     ``loss_first``, ``loss_final``, ``reward_accuracy_final`` (share of the last step's pairs
     whose implicit reward prefers the chosen answer), ``seconds``.
     """
-    from transformers import AutoModelForImageTextToText, AutoProcessor, get_scheduler
+    from transformers import AutoModelForImageTextToText, AutoProcessor
 
     from training.generation import resolve_device
 
@@ -337,11 +279,6 @@ def train_vision_dense_dpo(
 
     device = resolve_device(config.device)
     bf16 = config.precision == "bf16" or (config.precision == "auto" and device.type == "cuda")
-    accumulation = config.gradient_accumulation_steps
-    per_epoch = math.ceil(len(encoded) / (config.batch_size * accumulation))
-    steps = (
-        config.max_steps if config.max_steps > 0 else max(1, math.ceil(per_epoch * config.epochs))
-    )
     run_config = manifest_config(
         config, policy_ref=policy_ref, reference_ref=reference_ref, trainer="vision_dense_dpo"
     )
@@ -369,60 +306,29 @@ def train_vision_dense_dpo(
             str(reference_ref), dtype=torch.bfloat16 if bf16 else torch.float32
         )
         reference.to(device).eval().requires_grad_(False)
-        trainable = [p for p in model.parameters() if p.requires_grad]
-        optimizer = torch.optim.AdamW(trainable, lr=config.learning_rate)
-        scheduler = get_scheduler(
-            config.lr_scheduler,
-            optimizer,
-            num_warmup_steps=int(config.warmup_ratio * steps),
-            num_training_steps=steps,
+        trained = dense_dpo_loop(
+            model,
+            reference,
+            config,
+            pairs=len(encoded),
+            batch=lambda chosen: pair_batch(
+                [encoded[i] for i in chosen],
+                [dataset[opened[i]]["images"] for i in chosen],
+                processor,
+            ),
+            device=device,
+            stage="vision-dense-dpo",
+            progress=progress,
+            accumulation=config.gradient_accumulation_steps,
+            bf16=bf16,
         )
-        autocast = (
-            torch.autocast(device_type=device.type, dtype=torch.bfloat16) if bf16 else nullcontext()
-        )
-        batches = _orders(len(encoded), config.batch_size, config.seed)
-        losses: list[float] = []
-        accuracy = float("nan")
-        for step in range(steps):
-            optimizer.zero_grad()
-            step_loss, wins, seen = 0.0, 0, 0
-            for _ in range(accumulation):
-                chosen = next(batches)
-                batch = pair_batch(
-                    [encoded[i] for i in chosen],
-                    [dataset[opened[i]]["images"] for i in chosen],
-                    processor,
-                )
-                with autocast:
-                    out = pair_loss(
-                        model,
-                        reference,
-                        {k: v.to(device) for k, v in batch.items()},
-                        beta=config.beta,
-                        normalize=config.normalize,
-                    )
-                (out.loss / accumulation).backward()
-                step_loss += float(out.loss.detach()) / accumulation
-                wins += int((out.chosen_rewards > out.rejected_rewards).sum())
-                seen += len(chosen)
-            optimizer.step()
-            scheduler.step()
-            losses.append(step_loss)
-            accuracy = wins / seen
-            if progress is not None and (step + 1) % config.logging_steps == 0:
-                progress(
-                    Progress(stage="vision-dense-dpo", step=step + 1, total=steps, loss=step_loss)
-                )
         _publish(model, processor, run.path, config.lora)
         metrics: dict[str, Any] = {
             "pairs": len(encoded),
             "corrections": sum(item.correction for item in encoded),
             "skipped_unchanged": unchanged,
             "skipped_too_long": too_long,
-            "steps": steps,
-            "loss_first": losses[0],
-            "loss_final": losses[-1],
-            "reward_accuracy_final": accuracy,
+            **trained,
             "seconds": round(time.perf_counter() - started, 3),
         }
         run.metrics = metrics

@@ -11,9 +11,9 @@ from typing import Any
 import pytest
 import torch
 import torch.nn.functional as F
-from PIL import Image, ImageDraw
+from PIL import Image
 
-from training import scenes
+from tests.training.vision_support import export_squares, reply
 from training.artifacts import read_manifest
 from training.data import RowError
 from training.dense_dpo import DenseDPOConfig
@@ -26,55 +26,10 @@ from training.vision_dense_dpo import (
     train_vision_dense_dpo,
 )
 
-QUESTION = "What colour is the square in the centre?"
-COLOURS = ("red", "blue")
-
-
-def _reply(text: str) -> list[dict[str, Any]]:
-    return [{"role": "assistant", "content": [{"type": "text", "text": text}]}]
-
-
-def _row(image: str, chosen: str, rejected: str, **extra: Any) -> dict[str, Any]:
-    return {
-        "images": [image],
-        "prompt": [
-            {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": QUESTION}]}
-        ],
-        "chosen": _reply(chosen),
-        "rejected": _reply(rejected),
-        **extra,
-    }
-
-
-def _said(colour: str) -> str:
-    return f"The square in the centre is {colour}."
-
-
-def _draw(export_dir: Path, colour: str, offset: int) -> str:
-    """A square of ``colour`` filling most of the view (a fresh 1-layer tower at 32 px sees little
-    else; see tests/training/test_vision_dpo.py), saved under ``images/``."""
-    image = Image.new("RGB", (64, 64), scenes.BACKGROUND)
-    corner = (offset, 64 - 48 - offset)
-    ImageDraw.Draw(image).rectangle(
-        (*corner, corner[0] + 44, corner[1] + 44),
-        fill=scenes.COLOURS[colour],
-        outline=scenes.OUTLINE,
-    )
-    relative = f"images/{colour}-{offset}.png"
-    (export_dir / "images").mkdir(parents=True, exist_ok=True)
-    image.save(export_dir / relative)
-    return relative
-
 
 def _corrections(export_dir: Path, offsets: list[int]) -> list[dict[str, Any]]:
     """One correction per image: the annotator replaced the wrong colour by the true one."""
-    rows = []
-    for offset in offsets:
-        for colour in COLOURS:
-            other = next(c for c in COLOURS if c != colour)
-            path = _draw(export_dir, colour, offset)
-            rows.append(_row(path, _said(colour), _said(other), correction=True))
-    return rows
+    return export_squares(export_dir, offsets, correction=True)
 
 
 @pytest.fixture(scope="module")
@@ -140,7 +95,7 @@ def test_a_batch_masks_the_prompt_and_padding_and_repeats_each_rows_image(
     world: dict[str, Any],
 ) -> None:
     red, blue = _corrections(world["export"], [0])
-    blue["rejected"] = _reply("There is no square in the picture, only a large green circle.")
+    blue["rejected"] = reply("There is no square in the picture, only a large green circle.")
     items = [_encode(world, red), _encode(world, blue)]
     batch = pair_batch(items, [_open(world, red), _open(world, blue)], world["processor"])
     assert batch["input_ids"].shape[0] == 4  # chosen, chosen, rejected, rejected
@@ -194,7 +149,7 @@ def test_a_plain_row_is_dpo_on_summed_log_probs(world: dict[str, Any]) -> None:
     policy = AutoModelForImageTextToText.from_pretrained(str(world["other"])).eval()
     reference = AutoModelForImageTextToText.from_pretrained(str(world["pi0"])).eval()
     red, blue = _corrections(world["export"], [4])
-    plain = {**red, "correction": False, "rejected": _reply("I see a big blue circle.")}
+    plain = {**red, "correction": False, "rejected": reply("I see a big blue circle.")}
     rows = [plain, blue]
     beta = 0.5
     expected = []
@@ -341,7 +296,7 @@ def test_bad_rows_name_their_row_and_nothing_is_published(
     cases = [
         # Row 3 of the caller's list, though the tie before it is not trained on.
         ([good, tie, {**good, "images": ["images/missing.png"]}], 3, "images", "not a file"),
-        ([good, {**good, "chosen": _reply("  ")}], 2, "chosen", "no text"),
+        ([good, {**good, "chosen": reply("  ")}], 2, "chosen", "no text"),
         ([good, {**good, "rejected": []}], 2, "rejected", "non-empty list"),
         ([good, {**good, "images": []}], 2, "images", "non-empty list"),
     ]

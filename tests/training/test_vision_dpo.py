@@ -9,61 +9,25 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from PIL import Image, ImageDraw
+from PIL import Image
 
-from training import scenes
+from tests.training.vision_support import colour_row, export_squares
 from training.artifacts import read_manifest
 from training.data import RowError
 from training.dpo import DPOConfig
 from training.vision import build_tiny_vlm
 from training.vision_dpo import train_vision_dpo, vision_dataset, vision_rows
 
-QUESTION = "What colour is the square in the centre?"
-COLOURS = ("red", "blue")
-
 
 def _row(image: str, colour: str) -> dict[str, Any]:
     """A vision_pairs row as the export writes it: the true colour chosen, the other rejected."""
-    other = next(c for c in COLOURS if c != colour)
-
-    def reply(c: str) -> list[dict[str, Any]]:
-        text = f"The square in the centre is {c}."
-        return [{"role": "assistant", "content": [{"type": "text", "text": text}]}]
-
-    return {
-        "images": [image],
-        "prompt": [
-            {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": QUESTION}]}
-        ],
-        "chosen": reply(colour),
-        "rejected": reply(other),
-        "task_id": 1,
-        "cursor": "c1.1.1",
-    }
+    return colour_row(image, colour, task_id=1, cursor="c1.1.1")
 
 
 def _export(export_dir: Path, offsets: list[int]) -> list[dict[str, Any]]:
-    """A red and a blue square per offset on the scenes' background, saved as images/<n>.png.
-
-    The square fills most of the 32-pixel view: a random 1-layer tower at 32 px hardly tells a
-    scene's small shapes apart before training (see training.vision), and this test is about DPO
-    reaching the pixels, not about how well a tiny tower sees.
-    """
-    (export_dir / "images").mkdir(parents=True, exist_ok=True)
-    rows = []
-    for offset in offsets:
-        for colour in COLOURS:
-            image = Image.new("RGB", (64, 64), scenes.BACKGROUND)
-            corner = (offset, 64 - 48 - offset)
-            ImageDraw.Draw(image).rectangle(
-                (*corner, corner[0] + 44, corner[1] + 44),
-                fill=scenes.COLOURS[colour],
-                outline=scenes.OUTLINE,
-            )
-            relative = f"images/{colour}-{offset}.png"
-            image.save(export_dir / relative)
-            rows.append(_row(relative, colour))
-    return rows
+    """A red and a blue square per offset (``tests.training.vision_support``), saved in
+    ``export_dir``."""
+    return export_squares(export_dir, offsets, task_id=1, cursor="c1.1.1")
 
 
 @pytest.mark.slow

@@ -8,9 +8,9 @@ from typing import Any
 
 import pytest
 import torch
-from PIL import Image, ImageDraw
+from PIL import Image
 
-from training import scenes
+from tests.training.vision_support import COLOURS, colour_row, square, square_path
 from training.data import RowError
 from training.vision import build_tiny_vlm
 from training.vlm_reward import (
@@ -21,46 +21,17 @@ from training.vlm_reward import (
     train_vlm_reward,
 )
 
-QUESTION = "What colour is the square in the centre?"
-COLOURS = ("red", "blue")
-
-
-def _reply(colour: str) -> list[dict[str, Any]]:
-    text = f"The square in the centre is {colour}."
-    return [{"role": "assistant", "content": [{"type": "text", "text": text}]}]
-
 
 def _rows(offsets: list[int]) -> tuple[list[dict[str, Any]], dict[str, Image.Image]]:
-    """vision_pairs rows (the true colour chosen) and their images: a large red or blue square.
-
-    Each text is chosen once and rejected once, so only the pixels tell the pairs apart.
+    """vision_pairs rows (the true colour chosen) and their images, held in memory: a large red
+    or blue square (``tests.training.vision_support``), so only the pixels tell the pairs apart.
     """
     rows, images = [], {}
     for offset in offsets:
         for colour in COLOURS:
-            image = Image.new("RGB", (64, 64), scenes.BACKGROUND)
-            corner = (offset, 64 - 48 - offset)
-            ImageDraw.Draw(image).rectangle(
-                (*corner, corner[0] + 44, corner[1] + 44),
-                fill=scenes.COLOURS[colour],
-                outline=scenes.OUTLINE,
-            )
-            path = f"images/{colour}-{offset}.png"
-            images[path] = image
-            other = next(c for c in COLOURS if c != colour)
-            rows.append(
-                {
-                    "images": [path],
-                    "prompt": [
-                        {
-                            "role": "user",
-                            "content": [{"type": "image"}, {"type": "text", "text": QUESTION}],
-                        }
-                    ],
-                    "chosen": _reply(colour),
-                    "rejected": _reply(other),
-                }
-            )
+            path = square_path(colour, offset)
+            images[path] = square(colour, offset)
+            rows.append(colour_row(path, colour))
     return rows, images
 
 
