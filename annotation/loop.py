@@ -29,6 +29,9 @@ from .errors import InvalidInput
 ALGORITHMS = ("dpo", "ipo")
 QUEUES = ("cpu", "gpu")
 SELECTIONS = ("disagreement", "best_vs_worst", "random")
+# What the reward stage trains: a text reward ensemble, or a reward model on a vision-language
+# backbone that sees the image. A kind's loop hooks say which it offers (`reward_models`).
+REWARD_MODELS = ("text", "vision")
 
 MAX_REFERENCE_LENGTH = 500
 # Hugging Face repository ids: an optional namespace and a name, each at most 96 characters of
@@ -178,6 +181,25 @@ class LoopSettings:
         default="minilm",
         metadata={
             "help": "Reward backbone: a hub model id, a path inside a model root, or 'minilm' (bundled).",
+            "bound": _REFERENCE,
+            "reference": True,
+        },
+    )
+    reward_model: str = field(
+        default="text",
+        metadata={
+            "help": "text: the reward ensemble on the reward backbone (a hallucination project's "
+            "reads the image's facts, Fact-RLHF). vision (hallucination projects, for GPU "
+            "workers): a reward model on a vision-language backbone that sees the image, with "
+            "one head per ensemble member.",
+            "bound": Bound(str, choices=REWARD_MODELS),
+        },
+    )
+    vision_reward_backbone: str = field(
+        default="",
+        metadata={
+            "help": "Backbone of the vision reward model: empty for the base policy π_0, else a "
+            "hub model id (org/name) or a path inside a model root.",
             "bound": _REFERENCE,
             "reference": True,
         },

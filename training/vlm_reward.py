@@ -11,6 +11,19 @@ trained with the Bradley–Terry loss (Ouyang et al. 2022, Eq. 1)
 where I is the image. TRL's ``RewardTrainer`` takes text only, so this is a small loop of our
 own. Rows are the hallucination kind's ``vision_pairs`` export (``training.vision_dpo``
 checks them); images come from a loader (path in the row → PIL image).
+
+``heads`` > 1 makes the head an ensemble on the shared backbone (the linear-layer ensemble of
+Zhang et al. 2024, "Improving RLHF with Efficient Reward Model Ensemble"): one copy of the
+vision-language model, H linear heads, so H members cost one member's memory. Heads on the
+same features trained on the same pairs would agree, so each head h trains on its own bootstrap
+resample (Osband et al. 2016, bootstrapped heads on a shared network): a weight w_{h,i} ~
+Poisson(1) per head and pair, drawn once from the seed, and
+
+    L = (1 / (N·H)) Σ_i Σ_h w_{h,i} · −log σ(r_h(x_i, I_i, y_w) − r_h(x_i, I_i, y_l)),
+
+which is the plain loss above in expectation (E[w] = 1). One head trains on every pair with
+weight 1. The heads' spread is the disagreement the online loop orders its queue by; they share
+the backbone, so it measures less of the model's uncertainty than independent members would.
 """
 
 from __future__ import annotations
@@ -24,36 +37,77 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
-__all__ = ["VLMRewardConfig", "VLMRewardModel", "bradley_terry_loss", "train_vlm_reward"]
+from training.artifacts import Progress, ProgressCallback, read_manifest
+
+__all__ = [
+    "PUBLISHED_KIND",
+    "VLMRewardConfig",
+    "VLMRewardModel",
+    "bootstrap_weights",
+    "bradley_terry_loss",
+    "is_vlm_reward",
+    "score_completions",
+    "score_pairs",
+    "train_vlm_reward",
+]
 
 HEAD_FILE = "reward_head.pt"
 CONFIG_FILE = "tandem_vlm_reward.json"
+# The manifest kind of a published VLM reward run (the CLI's ``vlm-reward`` and the online loop).
+PUBLISHED_KIND = "reward-vlm"
 
 
-def bradley_terry_loss(chosen: torch.Tensor, rejected: torch.Tensor) -> torch.Tensor:
-    """Mean of −log σ(r⁺ − r⁻) over ``[N]`` rewards."""
-    return -F.logsigmoid(chosen - rejected).mean()
+def bradley_terry_loss(
+    chosen: torch.Tensor, rejected: torch.Tensor, weights: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Mean of w · −log σ(r⁺ − r⁻) over rewards of any shape (``[N]``, or ``[N, H]`` for H heads),
+    ``weights`` w of the same shape (the heads' bootstrap weights; none: every w = 1)."""
+    losses = -F.logsigmoid(chosen - rejected)
+    return losses.mean() if weights is None else (weights * losses).mean()
+
+
+def bootstrap_weights(pairs: int, heads: int, seed: int) -> torch.Tensor:
+    """``[pairs, heads]`` weights of each pair in each head's loss: Poisson(1) draws (the online
+    form of resampling the pairs with replacement), fixed by ``seed``; all 1 for one head."""
+    if heads == 1:
+        return torch.ones(pairs, 1)
+    generator = torch.Generator().manual_seed(seed)
+    return torch.poisson(torch.ones(pairs, heads), generator=generator)
+
+
+def is_vlm_reward(path: str | Path) -> bool:
+    """Whether ``path`` is a published VLM reward run (not a text reward ensemble)."""
+    try:
+        return read_manifest(path).kind == PUBLISHED_KIND
+    except FileNotFoundError:
+        return False
 
 
 class VLMRewardModel(torch.nn.Module):
-    """A vision-language model plus a linear head reading the last real token's final hidden state."""
+    """A vision-language model plus ``heads`` linear heads reading the last real token's final
+    hidden state."""
 
-    def __init__(self, vlm: Any) -> None:
+    def __init__(self, vlm: Any, heads: int = 1) -> None:
         super().__init__()
         self.vlm = vlm
         hidden = vlm.config.get_text_config().hidden_size
-        self.head = torch.nn.Linear(hidden, 1)
+        self.head = torch.nn.Linear(hidden, heads)
+
+    @property
+    def heads(self) -> int:
+        return int(self.head.out_features)
 
     def forward(self, **inputs: torch.Tensor) -> torch.Tensor:
-        """``[B]`` rewards for a right-padded batch from the model's processor."""
+        """``[B, heads]`` rewards for a right-padded batch from the model's processor."""
         out = self.vlm(**inputs, output_hidden_states=True)
         hidden = out.hidden_states[-1]
         last = inputs["attention_mask"].sum(dim=1) - 1
         picked = hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
-        return self.head(picked.float()).squeeze(-1)  # type: ignore[no-any-return]
+        return self.head(picked.float())  # type: ignore[no-any-return]
 
     def save(self, path: str | Path, processor: Any) -> None:
         path = Path(path)
@@ -67,8 +121,9 @@ class VLMRewardModel(torch.nn.Module):
         from training.vision import load_vlm
 
         vlm, processor = load_vlm(path, device, dtype="float32")
-        model = cls(vlm)
-        model.head.load_state_dict(torch.load(Path(path) / HEAD_FILE, weights_only=True))
+        state = torch.load(Path(path) / HEAD_FILE, weights_only=True)
+        model = cls(vlm, heads=int(state["weight"].shape[0]))
+        model.head.load_state_dict(state)
         return model.to(vlm.device).eval(), processor
 
 
@@ -80,8 +135,17 @@ class VLMRewardConfig:
         default=-1, metadata={"help": "If > 0, optimizer steps (overrides epochs)."}
     )
     batch_size: int = field(default=4, metadata={"help": "Pairs per step (two sequences each)."})
-    seed: int = field(default=0, metadata={"help": "Head initialisation and data order."})
+    seed: int = field(
+        default=0, metadata={"help": "Head initialisation, bootstrap weights and data order."}
+    )
     device: str = field(default="auto", metadata={"help": "auto, cpu or cuda."})
+    heads: int = field(
+        default=1,
+        metadata={
+            "help": "Linear heads on the shared backbone, each on its own bootstrap resample: "
+            "an ensemble whose spread is the loop's disagreement (1: one plain reward model)."
+        },
+    )
 
 
 def _text(content: Any) -> str:
@@ -104,6 +168,29 @@ def _inputs(
     return dict(processor(text=texts, images=list(images), padding=True, return_tensors="pt"))
 
 
+def _rewards(
+    model: VLMRewardModel,
+    processor: Any,
+    rows: Sequence[Mapping[str, Any]],
+    load_image: Callable[[str], Any],
+    keys: Sequence[str],
+    batch_size: int,
+) -> list[torch.Tensor]:
+    """``[N, heads]`` rewards of each row's completion under each of ``keys``, with its image."""
+    out: list[list[torch.Tensor]] = [[] for _ in keys]
+    device = next(model.parameters()).device
+    with torch.no_grad():
+        for start in range(0, len(rows), batch_size):
+            batch = rows[start : start + batch_size]
+            pictures = [load_image(r["images"][0]).convert("RGB") for r in batch]
+            for key, found in zip(keys, out, strict=True):
+                inputs = {
+                    k: v.to(device) for k, v in _inputs(processor, batch, pictures, key).items()
+                }
+                found.append(model(**inputs).cpu())
+    return [torch.cat(found) if found else torch.zeros(0, model.heads) for found in out]
+
+
 def score_pairs(
     model: VLMRewardModel,
     processor: Any,
@@ -111,20 +198,40 @@ def score_pairs(
     load_image: Callable[[str], Any],
     batch_size: int = 8,
 ) -> tuple[list[float], list[float]]:
-    """Rewards of each row's chosen and rejected response, with its image."""
-    chosen: list[float] = []
-    rejected: list[float] = []
-    device = next(model.parameters()).device
-    with torch.no_grad():
-        for start in range(0, len(rows), batch_size):
-            batch = rows[start : start + batch_size]
-            pictures = [load_image(r["images"][0]).convert("RGB") for r in batch]
-            for key, out in (("chosen", chosen), ("rejected", rejected)):
-                inputs = {
-                    k: v.to(device) for k, v in _inputs(processor, batch, pictures, key).items()
-                }
-                out.extend(model(**inputs).tolist())
-    return chosen, rejected
+    """Rewards (the heads' mean) of each row's chosen and rejected response, with its image."""
+    chosen, rejected = _rewards(
+        model, processor, rows, load_image, ("chosen", "rejected"), batch_size
+    )
+    return chosen.mean(dim=1).tolist(), rejected.mean(dim=1).tolist()
+
+
+def score_completions(
+    model: VLMRewardModel,
+    processor: Any,
+    rows: Sequence[Mapping[str, Any]],
+    load_image: Callable[[str], Any],
+    batch_size: int = 8,
+) -> np.ndarray:
+    """``[heads, N]`` rewards of each row's ``completion`` (assistant messages) after its
+    ``prompt``, with its one image (``images``): each head's, as a reward ensemble's members."""
+    (rewards,) = _rewards(model, processor, rows, load_image, ("completion",), batch_size)
+    return rewards.T.double().numpy()
+
+
+def _held_out_metrics(chosen: torch.Tensor, rejected: torch.Tensor) -> dict[str, Any]:
+    """``training.reward_ensemble.evaluate_pairs``' figures for ``[N, heads]`` rewards: the mean
+    reward's accuracy (a tie counts half), margin and ECE, each head's accuracy, the mean spread."""
+    from training.losses import expected_calibration_error, mean_margin, pairwise_accuracy
+
+    c, r = chosen.double(), rejected.double()
+    return {
+        "n": int(c.shape[0]),
+        "accuracy": pairwise_accuracy(c.mean(dim=1), r.mean(dim=1)),
+        "mean_margin": mean_margin(c.mean(dim=1), r.mean(dim=1)),
+        "ece": expected_calibration_error(c.mean(dim=1), r.mean(dim=1)),
+        "member_accuracy": [pairwise_accuracy(c[:, h], r[:, h]) for h in range(c.shape[1])],
+        "mean_std": float(torch.cat([c, r]).std(dim=1, unbiased=False).mean()),
+    }
 
 
 def train_vlm_reward(
@@ -135,13 +242,18 @@ def train_vlm_reward(
     load_image: Callable[[str], Any],
     output_dir: str | Path,
     eval_rows: Sequence[Mapping[str, Any]] | None = None,
+    progress: ProgressCallback | None = None,
 ) -> dict[str, Any]:
-    """Fit a Bradley–Terry reward head (and the whole backbone) on ``vision_pairs`` rows; save it.
+    """Fit Bradley–Terry reward heads (and the whole backbone) on ``vision_pairs`` rows; save it.
 
     Rows are checked by ``training.vision_dpo.vision_rows`` first (a bad one raises ``RowError``
     naming its row and field); one image per row. Saved to ``output_dir`` with its processor
-    (``VLMRewardModel.load``). Metrics: ``pairs``, ``steps``, ``loss_first``, ``loss_final``,
-    ``seconds`` and, with ``eval_rows``, ``eval_accuracy`` (ties count half).
+    (``VLMRewardModel.load``); not atomic by itself (publish through
+    ``training.artifacts.publish_run``). ``progress`` hears of every step (stage
+    ``"vlm-reward"``) and may raise to stop the training. Metrics: ``pairs``, ``heads``,
+    ``steps``, ``loss_first``, ``loss_final``, ``seconds`` and, with ``eval_rows``,
+    ``eval_accuracy`` (the heads' mean reward; ties count half) and ``eval`` (as
+    ``evaluate_pairs``: n, accuracy, mean_margin, ece, member_accuracy, mean_std).
     """
     from transformers import get_scheduler
 
@@ -149,6 +261,8 @@ def train_vlm_reward(
     from training.vision import load_vlm
     from training.vision_dpo import vision_rows
 
+    if config.heads < 1:
+        raise ValueError(f"the VLM reward model needs at least one head, got {config.heads}")
     started = time.perf_counter()
     checked = vision_rows(rows)
     held_out = vision_rows(eval_rows) if eval_rows else []
@@ -157,7 +271,8 @@ def train_vlm_reward(
     device = resolve_device(config.device)
     torch.manual_seed(config.seed)
     vlm, processor = load_vlm(backbone, str(device), dtype="float32")
-    model = VLMRewardModel(vlm).to(device).train()
+    model = VLMRewardModel(vlm, heads=config.heads).to(device).train()
+    weights = bootstrap_weights(len(checked), config.heads, config.seed).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate)
     per_epoch = math.ceil(len(checked) / config.batch_size)
     steps = (
@@ -185,26 +300,29 @@ def train_vlm_reward(
             )
             for key in ("chosen", "rejected")
         }
-        loss = bradley_terry_loss(rewards["chosen"], rewards["rejected"])
+        loss = bradley_terry_loss(rewards["chosen"], rewards["rejected"], weights[picked])
         optimizer.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
         scheduler.step()
         losses.append(float(loss.detach()))
+        if progress is not None:
+            progress(Progress("vlm-reward", len(losses), steps, losses[-1]))
     model.eval()
     metrics: dict[str, Any] = {
         "pairs": len(checked),
+        "heads": config.heads,
         "steps": steps,
         "loss_first": losses[0],
         "loss_final": losses[-1],
     }
     if held_out:
-        chosen, rejected = score_pairs(model, processor, held_out, load_image)
-        wins = [
-            1.0 if c > r else 0.5 if c == r else 0.0 for c, r in zip(chosen, rejected, strict=True)
-        ]
-        metrics["eval_accuracy"] = sum(wins) / len(wins)
+        chosen, rejected = _rewards(
+            model, processor, held_out, load_image, ("chosen", "rejected"), 8
+        )
+        metrics["eval"] = _held_out_metrics(chosen, rejected)
+        metrics["eval_accuracy"] = metrics["eval"]["accuracy"]
     output_dir = Path(output_dir)
     model.save(output_dir, processor)
     (output_dir / CONFIG_FILE).write_text(json.dumps(asdict(config)))

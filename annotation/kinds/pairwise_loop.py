@@ -75,6 +75,8 @@ class PairwiseLoop:
     # Whether a new answer needs a simulated outcome before it is shown (the hindsight kind): the
     # select stage then simulates them before it makes tasks.
     simulates_outcomes = False
+    # The loop settings' `reward_model` values the kind's reward stage can train.
+    reward_models: tuple[str, ...] = ("text",)
 
     def training_pairs(self, rows: list[dict[str, Any]]) -> list[Any]:
         """Rows of `training_shape` (human or model-labelled) as training.data preference pairs.
@@ -160,6 +162,7 @@ class PairwiseLoop:
         held_out: list[Any],
         *,
         loop: LoopSettings,
+        project: Any,
         root: Path,
         name: str,
         progress: Callable[[Any], None],
@@ -220,3 +223,24 @@ class PairwiseLoop:
     def reward_prompt(self, prompt: Any) -> list[dict[str, Any]]:
         """What the reward model reads before a candidate answer to `prompt`: its conversation."""
         return prompt.messages
+
+    def candidate_rewards(
+        self,
+        reward_path: str,
+        prompts: Sequence[Any],
+        candidates: Sequence[Sequence[str]],
+        *,
+        project: Any,
+    ) -> Any:
+        """`[members, Σ_p k_p]` rewards (numpy) of every candidate answer, prompt by prompt in
+        order, under the round's published reward model at `reward_path` (each member's row: the
+        select stage orders pairs by their disagreement and labels by their mean)."""
+        from training.reward import RewardEnsemble
+
+        ensemble = RewardEnsemble.load(reward_path)
+        read = [
+            self.reward_prompt(prompt)
+            for prompt, texts in zip(prompts, candidates, strict=True)
+            for _ in texts
+        ]
+        return ensemble.score(read, [text for texts in candidates for text in texts]).members

@@ -10,10 +10,11 @@
 Each body runs inside one attempt (round_attempts): every write sits in a transaction that starts
 with `run_fence`. Reads go through annotation/selectors/round_data.py; what depends on the project's
 feedback kind comes from the kind's loop hooks (annotation/kinds/pairwise_loop.py): the export
-shape trained on, which trainer fits the reward model (a text ensemble, or Fact-RLHF for images
-with facts) and the policy (DPO, or vision DPO), which generator answers a prompt (text, or with
-its image), what the reward model reads, and how a selected pair becomes a task. `training` is
-imported inside the bodies and hooks: it costs torch, which the web process never needs.
+shape trained on, which trainer fits the reward model (a text ensemble, Fact-RLHF for images
+with facts, or a reward model that sees the image) and the policy (DPO, or vision DPO), which
+generator answers a prompt (text, or with its image), how the reward model scores the candidates,
+and how a selected pair becomes a task. `training` is imported inside the bodies and hooks: it
+costs torch, which the web process never needs.
 """
 
 import random
@@ -66,6 +67,11 @@ def stage_reward(run: TrainingRun, loop: LoopSettings, progress: Progress) -> No
 
     loop_round, project = run.round, run.round.project
     hooks = project_loop_hooks(project)
+    if loop.reward_model not in hooks.reward_models:
+        raise StageError(
+            f"{project.kind} projects offer the reward models {', '.join(hooks.reward_models)}, "
+            f"not {loop.reward_model}"
+        )
     pairs, cursor, count = human_pairs(project)
     train, held_out = hooks.reward_split(pairs, seed=project.pk)
     if len(train) < 4 or not held_out:
@@ -82,6 +88,7 @@ def stage_reward(run: TrainingRun, loop: LoopSettings, progress: Progress) -> No
             train,
             held_out,
             loop=loop,
+            project=project,
             root=scratch,
             name=name,
             progress=progress,
@@ -206,7 +213,7 @@ def stage_generate(run: TrainingRun, loop: LoopSettings, progress: Progress) -> 
 def stage_select(run: TrainingRun, loop: LoopSettings, progress: Progress) -> None:
     import numpy as np
 
-    from training.reward import EnsembleScores, RewardEnsemble
+    from training.reward import EnsembleScores
     from training.selection import select_pairs
 
     loop_round, project = run.round, run.round.project
@@ -223,14 +230,12 @@ def stage_select(run: TrainingRun, loop: LoopSettings, progress: Progress) -> No
     prompts = Prompt.objects.in_bulk(prompt_ids)
     candidates = [[r.text for r in responses[pid]] for pid in prompt_ids]
 
-    ensemble = RewardEnsemble.load(loop_round.reward_version.artifact_path)
-    flat_prompts = [
-        hooks.reward_prompt(prompts[pid])
-        for pid, texts in zip(prompt_ids, candidates, strict=True)
-        for _ in texts
-    ]
-    flat_completions = [text for texts in candidates for text in texts]
-    scores = ensemble.score(flat_prompts, flat_completions).members
+    scores = hooks.candidate_rewards(
+        loop_round.reward_version.artifact_path,
+        [prompts[pid] for pid in prompt_ids],
+        candidates,
+        project=project,
+    )
     # One [members, k_p] block per prompt: k_p varies once empty samples are left out.
     bounds = np.cumsum([0] + [len(texts) for texts in candidates])
     per_prompt = [

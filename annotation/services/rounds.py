@@ -76,10 +76,17 @@ def loop_configure(*, project: Project, data: dict[str, Any]) -> LoopSettings:
         raise InvalidInput("the loop settings must be a JSON object")
     merged = {**LoopSettings.stored(project.loop), **data}
     loop = LoopSettings.parse(merged, project_id=project.pk)
-    if loop.enabled and loop_hooks(project.kind) is None:
+    hooks = loop_hooks(project.kind)
+    if loop.enabled and hooks is None:
         raise InvalidInput(
             f"the online loop does not serve {project.kind} projects",
             errors=[{"field": "enabled", "message": f"not available for {project.kind}"}],
+        )
+    offered = hooks.reward_models if hooks is not None else ("text",)
+    if loop.reward_model not in offered:
+        message = f"{project.kind} projects offer {', '.join(offered)}"
+        raise InvalidInput(
+            f"reward_model: {message}", errors=[{"field": "reward_model", "message": message}]
         )
     project.loop = loop.as_json()
     project.save(update_fields=["loop"])

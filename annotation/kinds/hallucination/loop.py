@@ -19,6 +19,11 @@ select, then blind π_r-vs-π_{r-1} evaluation tasks. What images and facts chan
 - a blind evaluation counts as the annotators' verdict says: the answer that hallucinates less
   wins, after a tie the more helpful one, a double tie is half a win.
 
+- reward, the vision option (loop setting `reward_model: "vision"`, for GPU workers): instead of
+  the text ensemble, a reward model on a vision-language backbone that sees the image, one head
+  per ensemble member, on the same split by image, beside the same blind baseline; the select
+  stage then scores each candidate with its prompt's image. See vision_reward.py.
+
 - corrections (RLHF-V's fine-grained feedback, the `corrections` export) join the policy's pairs:
   the corrected answer chosen over the original, marked `"correction": true`. A round with any
   trains by dense DPO (training.vision_dense_dpo: the tokens a correction changed weigh γ = 3,
@@ -104,6 +109,7 @@ class HallucinationLoop(PairwiseLoop):
     # As training.fact_reward's default: a quarter of the images held out.
     reward_eval_fraction = 0.25
     correction_shape = "corrections"
+    reward_models = ("text", "vision")
 
     def training_pairs(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """`vision_pairs` rows (with `context`) as they are: the reward reads their facts and
@@ -178,19 +184,34 @@ class HallucinationLoop(PairwiseLoop):
         held_out: list[dict[str, Any]],
         *,
         loop: LoopSettings,
+        project: Any,
         root: Path,
         name: str,
         progress: Callable[[Any], None],
         data_cursor: str,
     ) -> Trained:
         """The Fact-RLHF ensemble on the rows with their facts, published as `root/name`, and a
-        blind model on the same split without them (discarded once scored).
+        blind model on the same split without them (discarded once scored); with the loop's
+        `reward_model` "vision", the reward model that sees the image instead (vision_reward.py).
 
         Metrics: the ensemble's (`eval.accuracy` is the round's reward accuracy) and
         `without_facts` ({"accuracy", "eval"}: the blind model's held-out figures). An attempt
         that finds the ensemble already published reads its manifest, which does not hold the
         blind figures: they are then missing, not made up.
         """
+        if loop.reward_model == "vision":
+            from .vision_reward import train_vision_reward
+
+            return train_vision_reward(
+                train,
+                held_out,
+                loop=loop,
+                project=project,
+                root=root,
+                name=name,
+                progress=progress,
+                data_cursor=data_cursor,
+            )
         import training.reward
         from training.fact_reward import fact_pairs, train_fact_reward
 
@@ -269,3 +290,21 @@ class HallucinationLoop(PairwiseLoop):
             "content": fact_prompt(turns[last]["content"], prompt.context or None),
         }
         return turns
+
+    def candidate_rewards(
+        self,
+        reward_path: str,
+        prompts: Sequence[Any],
+        candidates: Sequence[Sequence[str]],
+        *,
+        project: Any,
+    ) -> Any:
+        """The text ensemble's rewards (the question after the facts, `reward_prompt`) or, when
+        the round published a VLM reward, each head's with the prompt's image."""
+        from training.vlm_reward import is_vlm_reward
+
+        if is_vlm_reward(reward_path):
+            from .vision_reward import vision_candidate_rewards
+
+            return vision_candidate_rewards(reward_path, prompts, candidates, project=project)
+        return super().candidate_rewards(reward_path, prompts, candidates, project=project)

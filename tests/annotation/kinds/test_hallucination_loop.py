@@ -262,3 +262,75 @@ def test_corrections_send_the_policy_through_dense_dpo_and_plain_pairs_through_t
     ipo = train(judged + corrected, replace(config, loss="ipo"), "ipo")
     assert read_manifest(ipo.path).kind == "policy-vision-dpo"
     assert read_manifest(ipo.path).config["loss"] == "ipo" and ipo.metrics["pairs"] == 3
+
+
+# --- the vision option of the reward stage ----------------------------------------------------
+
+
+def test_only_the_hallucination_loop_offers_a_reward_model_that_sees_the_image():
+    assert HOOKS.reward_models == ("text", "vision")
+    assert PairwiseLoop.reward_models == ("text",)
+
+
+def test_the_reward_model_setting_refuses_what_it_does_not_know(settings, tmp_path):
+    from annotation.errors import InvalidInput
+    from annotation.loop import LoopSettings
+
+    with pytest.raises(InvalidInput, match=r"^reward_model: must be one of text, vision$") as bad:
+        LoopSettings.parse({"reward_model": "pixels"})
+    assert bad.value.errors == [{"field": "reward_model", "message": "must be one of text, vision"}]
+    assert LoopSettings.parse({}).reward_model == "text"  # today's behaviour stays the default
+    # The vision backbone is a model reference like the others: a hub id, or a path inside a
+    # model root, never any other directory.
+    settings.TANDEM_MODEL_ROOTS = [tmp_path / "models"]
+    (tmp_path / "models" / "llava").mkdir(parents=True)
+    (tmp_path / "elsewhere").mkdir()
+    with pytest.raises(InvalidInput, match=r"^vision_reward_backbone: a path must lie inside"):
+        LoopSettings.parse({"reward_model": "vision", "vision_reward_backbone": str(tmp_path)})
+    with pytest.raises(InvalidInput, match=r"^vision_reward_backbone: has characters or a shape"):
+        LoopSettings.parse({"vision_reward_backbone": "../elsewhere"})
+    for reference in ("llava-hf/llava-1.5-7b-hf", str(tmp_path / "models" / "llava")):
+        chosen = LoopSettings.parse({"reward_model": "vision", "vision_reward_backbone": reference})
+        assert (chosen.reward_model, chosen.vision_reward_backbone) == ("vision", reference)
+
+
+@pytest.mark.django_db
+def test_a_project_whose_kind_has_no_vision_reward_is_refused_it():
+    from annotation import services
+    from annotation.errors import InvalidInput
+    from annotation.models import FeedbackKind
+    from annotation.services.rounds import loop_configure
+    from tests.factories import ProjectFactory, UserFactory
+
+    text = ProjectFactory()
+    with pytest.raises(InvalidInput, match=r"^reward_model: pairwise projects offer text$") as bad:
+        loop_configure(project=text, data={"reward_model": "vision"})
+    assert bad.value.errors[0]["field"] == "reward_model"
+    text.refresh_from_db()
+    assert text.loop.get("reward_model", "text") == "text"  # nothing stored
+    images = services.project_create(
+        creator=UserFactory(is_staff=True),
+        name="Scenes",
+        kind=FeedbackKind.HALLUCINATION,
+        overlap=1,
+        lease_seconds=300,
+    )
+    assert loop_configure(project=images, data={"reward_model": "vision"}).reward_model == "vision"
+    images.refresh_from_db()
+    assert images.loop["reward_model"] == "vision"
+
+
+def test_the_vision_reward_takes_one_head_per_member_and_the_overrides_it_shares():
+    from annotation.kinds.hallucination.vision_reward import vision_config
+    from annotation.loop import LoopSettings
+
+    loop = LoopSettings.parse(
+        {
+            "ensemble_members": 4,
+            "reward": {"learning_rate": 2e-5, "epochs": 2.0, "seed": 9, "max_length": 160},
+        }
+    )
+    config = vision_config(loop)
+    assert (config.heads, config.learning_rate, config.epochs, config.seed) == (4, 2e-5, 2.0, 9)
+    assert not hasattr(config, "max_length")  # a text-encoding setting the VLM has no use for
+    assert vision_config(LoopSettings.parse({})).learning_rate == 1e-5  # VLMRewardConfig's own
