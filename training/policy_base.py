@@ -114,6 +114,13 @@ class PolicyTrainingConfig:
             "help": "Train a LoRA adapter instead of all weights (published merged; see module docs)."
         },
     )
+    train_image_encoder: bool = field(
+        default=False,
+        metadata={
+            "help": "Vision-language policies: train the image encoder too (by default it stays "
+            "frozen, as in LLaVA-RLHF and RLHF-V); text policies ignore it."
+        },
+    )
     lora_r: int = field(default=16, metadata={"min": 1, "max": 1024, "help": "LoRA rank."})
     lora_alpha: int = field(
         default=32,

@@ -209,3 +209,32 @@ def load_vlm(
     model.to(resolved)
     model.eval()
     return model, processor
+
+
+# Where the image encoder sits: LLaVA, Gemma 3 and Idefics 3 under `vision_tower`/`vision_model`
+# (on the model or its inner `model`), Qwen2-VL and Qwen2.5-VL under `visual`.
+_ENCODER_NAMES = ("vision_tower", "visual", "vision_model")
+
+
+def image_encoder(model: Any) -> Any:
+    """The image encoder module of a vision-language model; ValueError when none is found."""
+    for owner in (model, getattr(model, "model", None)):
+        for name in _ENCODER_NAMES:
+            found = getattr(owner, name, None) if owner is not None else None
+            if found is not None and hasattr(found, "parameters"):
+                return found
+    raise ValueError(f"no image encoder found on {type(model).__name__}")
+
+
+def freeze_image_encoder(model: Any) -> int:
+    """Stop the image encoder's weights from training; returns how many parameters it froze.
+
+    LLaVA-RLHF and RLHF-V keep the vision encoder frozen during preference training. On the tiny
+    LLaVA of the hallucination bench, training it along broke what the warm start had taught the
+    projector to read: every DPO round then named more objects that are not in the picture.
+    """
+    frozen = 0
+    for parameter in image_encoder(model).parameters():
+        parameter.requires_grad_(False)
+        frozen += parameter.numel()
+    return frozen

@@ -291,7 +291,9 @@ def train_vision_dense_dpo(
         parent=parent,
     ) as (run, _scratch):
         torch.manual_seed(config.seed)
-        model: Any = load_vlm_for_training(policy_ref)
+        model: Any = load_vlm_for_training(
+            policy_ref, train_image_encoder=config.train_image_encoder
+        )
         if config.lora:
             from peft import get_peft_model
 

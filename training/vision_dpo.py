@@ -167,12 +167,18 @@ def vision_dataset(rows: Sequence[dict[str, Any]], images: str | Path | ImageLoa
     return dataset.cast_column("images", List(ImageFeature()))
 
 
-def load_vlm_for_training(ref: str | Path) -> Any:
-    """Load a vision-language policy in fp32 (mixed precision keeps fp32 master weights)."""
+def load_vlm_for_training(ref: str | Path, *, train_image_encoder: bool = False) -> Any:
+    """Load a vision-language model in fp32 (mixed precision keeps fp32 master weights), its
+    image encoder frozen unless `train_image_encoder` (training.vision.freeze_image_encoder)."""
     import torch
     from transformers import AutoModelForImageTextToText
 
-    return AutoModelForImageTextToText.from_pretrained(str(ref), dtype=torch.float32)
+    from training.vision import freeze_image_encoder
+
+    model = AutoModelForImageTextToText.from_pretrained(str(ref), dtype=torch.float32)
+    if not train_image_encoder:
+        freeze_image_encoder(model)
+    return model
 
 
 def train_vision_dpo(
@@ -222,11 +228,11 @@ def train_vision_dpo(
             TRLDPOConfig,
             config,
             scratch,
-            loss_type=[config.loss],
+            **config.loss_types(),
             beta=config.beta,
             max_length=config.max_length,
         )
-        model = load_vlm_for_training(policy_ref)
+        model = load_vlm_for_training(policy_ref, train_image_encoder=config.train_image_encoder)
         same = same_model(policy_ref, reference_ref)
         # As in training.dpo: a fresh LoRA adapter on π_0 gives π_0 back when disabled.
         ref_model = None if (config.lora and same) else load_vlm_for_training(reference_ref)

@@ -1,5 +1,6 @@
-"""Vision DPO on `vision_pairs` rows: the tiny LLaVA learns a preference only the image can decide,
-and rows are checked at the door (paths that leave the export, wrong image counts, broken files)."""
+"""Vision DPO on `vision_pairs` rows: the tiny LLaVA learns a preference only the image can decide
+with its image encoder frozen (trained only when asked), and rows are checked at the door (paths
+that leave the export, wrong image counts, broken files)."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from tests.training.vision_support import colour_row, export_squares
 from training.artifacts import read_manifest
 from training.data import RowError
 from training.dpo import DPOConfig
-from training.vision import build_tiny_vlm
+from training.vision import build_tiny_vlm, freeze_image_encoder, image_encoder
 from training.vision_dpo import train_vision_dpo, vision_dataset, vision_rows
 
 
@@ -70,6 +71,49 @@ def test_vision_dpo_learns_what_only_the_image_decides(tmp_path: Path) -> None:
 
     model, processor = load_vlm(result.path, "cpu")  # published with its processor
     assert processor.tokenizer.convert_tokens_to_ids("<image>") == model.config.image_token_index
+    # The image encoder stayed as π_0's (frozen by default); the rest learnt.
+    before, _ = load_vlm(pi0, "cpu")
+    assert _same_weights(image_encoder(model), image_encoder(before))
+    assert not _same_weights(model.model.multi_modal_projector, before.model.multi_modal_projector)
+
+
+def _same_weights(a: Any, b: Any) -> bool:
+    import torch
+
+    return all(torch.equal(x, y) for x, y in zip(a.parameters(), b.parameters(), strict=True))
+
+
+@pytest.mark.slow
+def test_the_image_encoder_trains_only_when_asked(tmp_path: Path) -> None:
+    export_dir = tmp_path / "export"
+    train = _export(export_dir, [0, 2])
+    pi0 = build_tiny_vlm(tmp_path / "pi0")
+    config = DPOConfig(
+        learning_rate=5e-3,
+        max_steps=2,
+        batch_size=4,
+        warmup_ratio=0.0,
+        device="cpu",
+        train_image_encoder=True,
+    )
+    result = train_vision_dpo(
+        train,
+        config,
+        images=export_dir,
+        policy_ref=pi0,
+        reference_ref=pi0,
+        root=tmp_path / "runs",
+        name="with-encoder",
+    )
+    from training.vision import load_vlm
+
+    trained, _ = load_vlm(result.path, "cpu")
+    before, _ = load_vlm(pi0, "cpu")
+    assert not _same_weights(image_encoder(trained), image_encoder(before))
+    assert freeze_image_encoder(trained) == sum(
+        p.numel() for p in image_encoder(trained).parameters()
+    )
+    assert not any(p.requires_grad for p in image_encoder(trained).parameters())
 
 
 def test_rows_are_checked_at_the_door(tmp_path: Path) -> None:
