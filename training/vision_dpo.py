@@ -228,7 +228,7 @@ def train_vision_dpo(
             TRLDPOConfig,
             config,
             scratch,
-            **config.loss_types(),
+            loss_type=[config.loss],
             beta=config.beta,
             max_length=config.max_length,
         )
