@@ -4,7 +4,9 @@
 each leased task it does what the demo's instructions ask of a person: it marks every false claim
 of each response as a span with its category, answers the response with fewer false claims (after
 a tie, the more informative one, i.e. with more true claims, or a tie again), and for a share of the
-tasks corrects the worse response by deleting its false sentences (RLHF-V's correctional feedback).
+tasks corrects the worse response (RLHF-V's correctional feedback): by default as RLHF-V's
+annotators do, fixing each false claim's made-up words (`training.scene_corrections`), or, with
+the style "delete", by deleting its false sentences.
 
 It can only judge projects built from `training.scenes`: each prompt's metadata holds its scene
 (`{"scene": Scene.to_dict()}`, as `annotation.demo_hallucination` stores it). The lease an
@@ -18,7 +20,7 @@ import random
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from training import scenes
+from training import scene_corrections, scenes
 
 from ...errors import InvalidInput
 from ...models import Project, Prompt
@@ -28,6 +30,12 @@ from .payload import DEFAULT_CATEGORIES
 # Where a claim's category is not among the project's, a person would file it under this one if
 # the project has it, and otherwise could not mark it at all.
 FALLBACK_CATEGORY = "other"
+
+# How the oracle corrects: "fix" is what RLHF-V's annotators do (change the made-up words, so dense
+# DPO gets a token-level signal), hence the default; "delete" drops the false sentences (this
+# oracle's earlier behaviour), kept so the two can be compared.
+CORRECTION_STYLES = ("fix", "delete")
+DEFAULT_CORRECTION_STYLE = "fix"
 
 
 def without_claims(text: str, claims: Sequence[scenes.Claim]) -> str:
@@ -49,12 +57,14 @@ def judge(
     *,
     categories: Sequence[str] = DEFAULT_CATEGORIES,
     correct: bool = False,
+    correction_style: str = DEFAULT_CORRECTION_STYLE,
 ) -> dict[str, Any]:
     """The judgement payload of a careful annotator who knows the scene, for responses A and B.
 
     Every false claim becomes a span {response, start, end, category} (code-point offsets, as
     `claims_of` gives them); with `correct`, the response with the most false claims (A on a tie)
-    is corrected by deleting them, when it has any.
+    is corrected, when it has any: each false claim fixed to its nearest true statement
+    (`correction_style` "fix") or deleted ("delete").
     """
     claims = [scenes.claims_of(scene, text) for text in texts]
     false = [[c for c in found if not c.true] for found in claims]
@@ -78,10 +88,13 @@ def judge(
     payload["spans"] = spans
     worse = 0 if len(false[0]) >= len(false[1]) else 1
     if correct and false[worse]:
-        payload["correction"] = {
-            "response": worse,
-            "text": without_claims(texts[worse], false[worse]),
-        }
+        if correction_style == "fix":
+            text = scene_corrections.corrected(scene, texts[worse])
+        elif correction_style == "delete":
+            text = without_claims(texts[worse], false[worse])
+        else:
+            raise ValueError(f"unknown correction style {correction_style!r}")
+        payload["correction"] = {"response": worse, "text": text}
     return payload
 
 
@@ -95,7 +108,8 @@ class SceneOracle:
     it holds no per-annotator state).
 
     Options: `correction_share` in [0, 1], the share of tasks that get a correction (decided per
-    task from `seed` and the task id, so a retried submit gives the same payload).
+    task from `seed` and the task id, so a retried submit gives the same payload), and
+    `correction_style`, how they are corrected (one of CORRECTION_STYLES; default "fix").
     """
 
     def __init__(self, *, project: Project, options: Mapping[str, Any]):
@@ -103,6 +117,14 @@ class SceneOracle:
         share = 0.0 if share is None else share
         if not isinstance(share, int | float) or not 0.0 <= share <= 1.0:
             raise field_error("correction_share", "must be a number from 0 to 1")
+        style = options.get("correction_style") or DEFAULT_CORRECTION_STYLE
+        if style not in CORRECTION_STYLES:
+            raise field_error(
+                "correction_style",
+                f"must be one of {', '.join(CORRECTION_STYLES)} (got {style!r}): fix each false "
+                "claim's made-up words, or delete its sentence",
+            )
+        self.correction_style = style
         self.project_id = project.pk
         self.correction_share = float(share)
         self.seed = options.get("seed") or 0
@@ -132,7 +154,13 @@ class SceneOracle:
         """The payload for a leased task ({"id", "responses": [{"text"}, ...], ...})."""
         texts = [response["text"] for response in task["responses"]]
         correct = random.Random(f"{self.seed}:{task['id']}").random() < self.correction_share
-        return judge(self.scene(task["id"]), texts, categories=self.categories, correct=correct)
+        return judge(
+            self.scene(task["id"]),
+            texts,
+            categories=self.categories,
+            correct=correct,
+            correction_style=self.correction_style,
+        )
 
     def report(self) -> list[str]:
         """The project page's hallucination rates per response source, as text lines."""

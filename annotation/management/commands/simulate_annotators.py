@@ -5,7 +5,8 @@ For demos, load and end-to-end tests. A server must be running, and a worker whe
 (the kind's `oracle_annotator`): on a pairwise project a hidden preference
 (`--oracle`), on a hallucination project built from `training.scenes` (the demo's "Shapes" one) a
 person who checks every claim against the picture, marks the false ones as spans and corrects a
-share of the answers (`--correction-share`).
+share of the answers (`--correction-share`), by fixing the made-up words of each false claim as
+RLHF-V's annotators do or by deleting its sentence (`--correction-style`).
 
 Where the project's online loop is enabled the command runs `--rounds` rounds and prints each
 round's figures; otherwise the annotators work the queue dry once and it prints what the oracle
@@ -31,6 +32,7 @@ from django.db import connections
 
 from annotation import selectors, services
 from annotation.errors import InvalidInput
+from annotation.kinds.hallucination.simulation import CORRECTION_STYLES, DEFAULT_CORRECTION_STYLE
 from annotation.loop import SELECTIONS, LoopSettings
 from annotation.models import Project
 from annotation.services.simulation import (
@@ -66,9 +68,10 @@ class Command(BaseCommand):
         "project they follow a hidden preference (--oracle); on a hallucination project built "
         "from training.scenes (the demo's) they mark every false claim as a span with its "
         "category, choose the answer with fewer, and correct a share of them "
-        "(--correction-share). Where the project's loop is enabled they label --rounds rounds "
-        "and the rounds' figures are printed; otherwise they work the queue dry once and the "
-        "kind's figures are printed. Without --project a pairwise loop project is created."
+        "(--correction-share, --correction-style). Where the project's loop is enabled they "
+        "label --rounds rounds and the rounds' figures are printed; otherwise they work the "
+        "queue dry once and the kind's figures are printed. Without --project a pairwise loop "
+        "project is created."
     )
 
     def add_arguments(self, parser):
@@ -98,7 +101,15 @@ class Command(BaseCommand):
             type=float,
             default=0.25,
             help="hallucination: the share of tasks (0 to 1) where the annotator also corrects "
-            "the worse answer by deleting its false sentences",
+            "the worse answer (see --correction-style)",
+        )
+        parser.add_argument(
+            "--correction-style",
+            choices=CORRECTION_STYLES,
+            default=DEFAULT_CORRECTION_STYLE,
+            help="hallucination: how a correction is made: 'fix' changes only the made-up words "
+            "of each false claim, as RLHF-V's annotators do (dense DPO then weighs just those "
+            "tokens); 'delete' drops the false sentences",
         )
         parser.add_argument(
             "--seed", type=int, default=0, help="hallucination: which tasks get a correction"

@@ -30,6 +30,20 @@ def shapes_project():
     return seed_hallucination_project(creator=UserFactory(is_staff=True), annotators=[])[0]
 
 
+def assert_only_false_sentences_fixed(scene, original, fixed):
+    """`fixed` is `original` with each false claim replaced by a true one: the same claims in the
+    same order, the true ones word for word, and the text around them (lead-in) untouched."""
+    before, after = scenes.claims_of(scene, original), scenes.claims_of(scene, fixed)
+    assert len(after) == len(before) and all(claim.true for claim in after), fixed
+    for old, new in zip(before, after, strict=True):
+        assert (fixed[new.start : new.end] == original[old.start : old.end]) == old.true
+    gaps = [0, *(x for c in before for x in (c.start, c.end)), len(original)]
+    new_gaps = [0, *(x for c in after for x in (c.start, c.end)), len(fixed)]
+    assert [original[a:b] for a, b in zip(gaps[::2], gaps[1::2], strict=True)] == [
+        fixed[a:b] for a, b in zip(new_gaps[::2], new_gaps[1::2], strict=True)
+    ]
+
+
 def answer_key(prompt, model):
     """(false spans as (start, end, category), true claims) the generator recorded."""
     key = prompt.metadata["answer_key"][model]
@@ -83,12 +97,10 @@ def test_oracle_annotators_mark_every_false_claim_over_rest(live_server):
             model, text = shown[worse]
             assert payload["correction"]["response"] == worse
             false, true = answer_key(prompt, model)
-            fixed = scenes.claims_of(
-                scenes.Scene.from_dict(prompt.metadata["scene"]), payload["correction"]["text"]
-            )
-            # Every false sentence is gone and every true one kept, with the lead-in.
-            assert len(fixed) == true and all(claim.true for claim in fixed)
-            assert payload["correction"]["text"].startswith(text[: text.index(".") + 1])
+            scene = scenes.Scene.from_dict(prompt.metadata["scene"])
+            # The default style fixes every false claim (RLHF-V) and keeps the rest as it was.
+            assert false
+            assert_only_false_sentences_fixed(scene, text, payload["correction"]["text"])
     # About half the tasks, the same for both annotators of a task (decided per task).
     assert 0 < corrected < len(judgements) and corrected % 2 == 0
 
@@ -164,7 +176,7 @@ def test_after_a_tie_on_false_claims_the_more_informative_answer_is_the_helpful_
     assert "helpful_choice" not in judge(scene, [rich.text, clean.text])
 
 
-def test_spans_follow_the_projects_categories_and_a_correction_deletes_the_false_sentences():
+def test_spans_follow_the_projects_categories_and_a_correction_fixes_or_deletes_false_claims():
     rng = random.Random(5)
     scene = scenes.random_scene(rng, min_items=4, max_items=6)
     answer = _response(scene, rng, 2, 2, categories=("attribute", "count"))
@@ -178,12 +190,19 @@ def test_spans_follow_the_projects_categories_and_a_correction_deletes_the_false
     spans = judge(scene, [answer.text, other.text], categories=("count",))["spans"]
     assert [s["category"] for s in spans] == ["count"]
 
+    # By default each false claim is fixed, as RLHF-V's annotators do: only its words change.
     verdict = judge(scene, [answer.text, other.text], correct=True)
     assert verdict["correction"]["response"] == 0
     fixed = verdict["correction"]["text"]
-    assert fixed == without_claims(answer.text, false)
-    assert "  " not in fixed and not fixed.startswith(" ") and not fixed.endswith(" ")
-    assert [c.true for c in scenes.claims_of(scene, fixed)] == [True, True]
+    assert fixed != answer.text
+    assert_only_false_sentences_fixed(scene, answer.text, fixed)
+
+    verdict = judge(scene, [answer.text, other.text], correct=True, correction_style="delete")
+    assert verdict["correction"]["response"] == 0
+    shorter = verdict["correction"]["text"]
+    assert shorter == without_claims(answer.text, false)
+    assert "  " not in shorter and not shorter.startswith(" ") and not shorter.endswith(" ")
+    assert [c.true for c in scenes.claims_of(scene, shorter)] == [True, True]
     # Nothing to correct when neither answer says anything false.
     assert "correction" not in judge(scene, [other.text, other.text], correct=True)
 
@@ -194,6 +213,12 @@ def test_each_kind_gets_its_own_oracle_and_bad_options_are_refused_by_name():
     assert isinstance(simulation.oracle_annotator(project=shapes), SceneOracle)
     with pytest.raises(InvalidInput, match="correction_share"):
         simulation.oracle_annotator(project=shapes, options={"correction_share": 1.5})
+    with pytest.raises(InvalidInput, match="correction_style: must be one of fix, delete") as bad:
+        simulation.oracle_annotator(project=shapes, options={"correction_style": "rewrite"})
+    assert bad.value.errors[0]["field"] == "correction_style"
+    for style in ("fix", "delete"):
+        oracle = simulation.oracle_annotator(project=shapes, options={"correction_style": style})
+        assert oracle.correction_style == style
     pairwise = ProjectFactory(kind=FeedbackKind.PAIRWISE)
     oracle = simulation.oracle_annotator(project=pairwise, options={"oracle": "warm-words"})
     task = {"id": 1, "responses": [{"text": "the lake is warm bright"}, {"text": "the lake"}]}
@@ -228,4 +253,17 @@ def test_the_command_refuses_a_bad_correction_share_before_anyone_is_created(liv
             correction_share=-0.1,
             stdout=io.StringIO(),
         )
+    with pytest.raises(CommandError, match="correction_style"):
+        call_command(
+            "simulate_annotators",
+            url=live_server.url,
+            project=project.pk,
+            correction_style="rewrite",
+            stdout=io.StringIO(),
+        )
     assert not project.memberships.filter(role=Role.ANNOTATOR).exists()
+
+
+def test_the_command_line_offers_only_the_known_correction_styles():
+    with pytest.raises(CommandError, match="--correction-style: invalid choice: 'rewrite'"):
+        call_command("simulate_annotators", "--correction-style=rewrite", stdout=io.StringIO())
