@@ -3,9 +3,10 @@
 The world (bench/hallucination_world.py, on training.scenes): coloured shapes on a grid, drawn
 locally, every fact known. π_0 is a tiny LLaVA-style model (training.vision.build_tiny_vlm,
 48 px scenes in 16 px patches, pixels centred on the background) warm-started on answers that make
-one false claim 40% of the time, beside the scenes' true captions, its random vision tower fixed
-(bench/hallucination_world.py says why: without these π_0 ignored the image, and DPO could only
-learn which claims are rarely false, not which are false in THIS image). Each round r = 1..R:
+one false claim 40% of the time, beside the scenes' true captions, for 9,000 steps, its random
+vision tower fixed (bench/hallucination_world.py says why: with less, π_0 ignored the image, and
+DPO could only learn which claims are rarely false, not which are false in THIS image). Each
+round r = 1..R:
 
 1. π_{r-1} samples K answers per prompt on a fresh slice of training scenes
    (training.vision_generation).
@@ -15,7 +16,9 @@ learn which claims are rarely false, not which are false in THIS image). Each ro
    every prompt so far with the scenes' captions and, on the same pairs and split, without them:
    both held-out accuracies (a quarter of the images held out).
 4. Vision DPO of π_r from π_{r-1} against the FIXED π_0 on this round's pairs
-   (training.vision_dpo).
+   (training.vision_dpo), the image encoder frozen. With ``--correction-share S`` the oracle also
+   corrects a share S of the hallucinating samples (RLHF-V) and the round trains by dense DPO on
+   the pairs and the corrections together (training.vision_dense_dpo), as the web loop does.
 5. On held-out scenes: hallucination rate (answers with >= 1 false claim, also per category),
    informativeness (distinct true claims per answer), oracle win rate of π_r over π_0
    (sample i against sample i, ties half).
@@ -47,6 +50,7 @@ from bench.hallucination_world import (  # noqa: E402
     Prompt,
     best_vs_worst,
     caption_examples,
+    correction_rows,
     evaluate,
     labelled_pairs,
     make_prompts,
@@ -64,7 +68,7 @@ class Settings:
     image_size: int = 48
     patch: int = 16
     sft_prompts: int = 3000
-    sft_steps: int = 3000
+    sft_steps: int = 9000
     captions: bool = True
     false_rate: float = 0.4
     prompts_per_round: int = 128
@@ -77,6 +81,10 @@ class Settings:
     dpo_epochs: float = 1.0
     reward_epochs: float = 2.0
     reward_max_steps: int = -1
+    # Share of hallucinating samples the oracle also corrects (RLHF-V); > 0 trains each round by
+    # dense DPO (training.vision_dense_dpo) on the pairs and the corrections together.
+    correction_share: float = 0.0
+    gamma: float = 3.0
     threads: int = 1
 
 
@@ -135,20 +143,47 @@ def _reward_accuracies(rows: list[dict[str, Any]], s: Settings, seed: int) -> tu
     return accuracies[0], accuracies[1]
 
 
-def run_loop(work: Path, s: Settings) -> dict[str, Any]:
+def _train_policy(rows, s: Settings, r: int, images: Images, policy: Path, pi0: Path, work: Path):
+    """π_r from π_{r-1} against the fixed π_0: TRL's vision DPO on the pairs, or dense DPO when
+    the oracle's corrections join them (as the hallucination kind's loop does)."""
     from training.dpo import DPOConfig
-    from training.scenes import BACKGROUND
-    from training.vision import build_tiny_vlm, scenes_corpus
+
+    common_args = dict(
+        learning_rate=s.dpo_lr,
+        epochs=s.dpo_epochs,
+        batch_size=8,
+        warmup_ratio=0.0,
+        max_length=160,
+        seed=s.seed + r,
+        device="cpu",
+    )
+    where = dict(
+        images=images,
+        policy_ref=policy,
+        reference_ref=pi0,
+        root=work,
+        name=f"policy-r{r}",
+        parent=policy.name,
+    )
+    if any(row.get("correction") for row in rows):
+        from training.dense_dpo import DenseDPOConfig
+        from training.vision_dense_dpo import train_vision_dense_dpo
+
+        config = DenseDPOConfig(beta=s.dpo_beta, gamma=s.gamma, **common_args)
+        return train_vision_dense_dpo(rows, config, **where)
     from training.vision_dpo import train_vision_dpo
 
-    started = time.perf_counter()
-    rng = random.Random(s.seed)
-    train = make_prompts(rng, s.sft_prompts, "train-")
-    round_prompts = make_prompts(rng, s.rounds * s.prompts_per_round, "round-")
-    held_out = make_prompts(rng, s.eval_prompts, "eval-")
-    images = Images(s.image_size)
-    for group in (train, round_prompts, held_out):
-        images.add(group)
+    return train_vision_dpo(rows, DPOConfig(beta=s.dpo_beta, **common_args), **where)
+
+
+def initial_policy(
+    work: Path, s: Settings, rng: random.Random, train: list[Prompt], images: Images
+):
+    """π_0: the tiny VLM built and warm-started on `train` (`rng` right after the prompts were
+    drawn, so that bench/web_hallucination_loop.py builds the very same π_0), saved at work/pi0."""
+    from training.scenes import BACKGROUND
+    from training.vision import build_tiny_vlm, scenes_corpus
+
     init = build_tiny_vlm(
         work / "init",
         image_size=s.image_size,
@@ -164,8 +199,23 @@ def run_loop(work: Path, s: Settings) -> dict[str, Any]:
     examples = sft_examples(train, rng, per_prompt=2, false_rate=s.false_rate)
     if s.captions:
         examples += caption_examples(train)
-    pi0 = warm_start(work / "pi0", init, examples, images, steps=s.sft_steps, seed=s.seed)
-    print(f"warm start: {len(examples)} answers, {time.perf_counter() - started:.1f}s", flush=True)
+    return warm_start(work / "pi0", init, examples, images, steps=s.sft_steps, seed=s.seed)
+
+
+def run_loop(work: Path, s: Settings, pi0: Path | None = None) -> dict[str, Any]:
+    """The loop's rounds from π_0 (warm-started here unless `pi0` names a saved one)."""
+    started = time.perf_counter()
+    rng = random.Random(s.seed)
+    train = make_prompts(rng, s.sft_prompts, "train-")
+    round_prompts = make_prompts(rng, s.rounds * s.prompts_per_round, "round-")
+    held_out = make_prompts(rng, s.eval_prompts, "eval-")
+    images = Images(s.image_size)
+    for group in (train, round_prompts, held_out):
+        images.add(group)
+    if pi0 is None:
+        pi0 = initial_policy(work, s, rng, train, images)
+    print(f"warm start: {time.perf_counter() - started:.1f}s", flush=True)
+    corrections_rng = random.Random(f"corrections:{s.seed}")
     base = _generate(pi0, held_out, images, s.eval_k, s, seed=10_000)
     base_figures = evaluate(held_out, base)
     print(
@@ -188,28 +238,12 @@ def run_loop(work: Path, s: Settings) -> dict[str, Any]:
         with_facts, without = (
             _reward_accuracies(reward_rows, s, s.seed + r) if reward_rows else (None, None)
         )
+        if s.correction_share > 0:
+            fresh += correction_rows(prompts, samples, corrections_rng, s.correction_share)
         labels += len(fresh)
         dpo = {}
         if fresh:
-            result = train_vision_dpo(
-                fresh,
-                DPOConfig(
-                    beta=s.dpo_beta,
-                    learning_rate=s.dpo_lr,
-                    epochs=s.dpo_epochs,
-                    batch_size=8,
-                    warmup_ratio=0.0,
-                    max_length=160,
-                    seed=s.seed + r,
-                    device="cpu",
-                ),
-                images=images,
-                policy_ref=policy,
-                reference_ref=pi0,
-                root=work,
-                name=f"policy-r{r}",
-                parent=policy.name,
-            )
+            result = _train_policy(fresh, s, r, images, policy, pi0, work)
             policy, dpo = result.path, result.metrics
         ours = _generate(policy, held_out, images, s.eval_k, s, seed=10_000)
         figures = evaluate(held_out, ours)
@@ -241,6 +275,7 @@ def _round_record(
         "reward_accuracy_without_facts": None if without is None else round(without, 4),
         "dpo_loss_final": dpo.get("loss_final"),
         "dpo_pairs": dpo.get("pairs", 0),
+        "dpo_corrections": dpo.get("corrections", 0),
     }
 
 
@@ -318,6 +353,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--rounds", type=int, default=Settings.rounds)
     parser.add_argument("--threads", type=int, default=Settings.threads)
+    parser.add_argument(
+        "--correction-share",
+        type=float,
+        default=Settings.correction_share,
+        help="share of hallucinating samples the oracle corrects (dense DPO; 0: pairs only)",
+    )
+    parser.add_argument(
+        "--pi0", type=Path, help="skip the warm start: this saved π_0 (experiments on the rounds)"
+    )
     parser.add_argument("--work", type=Path, help="keep models here instead of a temp directory")
     parser.add_argument("--smoke", action="store_true", help="one tiny round in seconds")
     common.add_record_args(parser)
@@ -339,12 +383,12 @@ def main(argv: list[str] | None = None) -> int:
     set_cpu_threads()
     base = SMOKE if args.smoke else Settings()
     settings = replace(base, seed=args.seed, rounds=args.rounds if not args.smoke else 1)
-    settings = replace(settings, threads=args.threads)
+    settings = replace(settings, threads=args.threads, correction_share=args.correction_share)
     work = args.work or Path(tempfile.mkdtemp(prefix="tandem-hallucination-"))
     work.mkdir(parents=True, exist_ok=True)
     try:
         with common.RunMeter() as meter:
-            figures = run_loop(work, settings)
+            figures = run_loop(work, settings, args.pi0)
         figures["settings"] = asdict(settings)
         figures["targets"] = check_targets(figures["rounds"])
         for target in figures["targets"]:

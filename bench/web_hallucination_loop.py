@@ -51,6 +51,7 @@ if __package__ in (None, ""):
 
 from bench import common  # noqa: E402
 from bench.common import REPO, Server, fresh_db, manage, server_env, table  # noqa: E402
+from bench.hallucination_loop import Settings  # noqa: E402
 
 DB = os.environ.get("BENCH_LOOP_DB", common.BENCH_DB + "_hloop")
 BROKER = os.environ.get("BENCH_LOOP_BROKER", "redis://127.0.0.1:6379/14")
@@ -68,8 +69,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--rounds", type=int, default=3, help="rounds of the loop")
     p.add_argument("--annotators", type=int, default=2, help="simulated annotators")
     p.add_argument("--seed", type=int, default=0, help="the world's and π_0's seed")
-    p.add_argument("--sft-prompts", type=int, default=800, help="π_0's warm-start scenes")
-    p.add_argument("--sft-steps", type=int, default=1500, help="π_0's warm-start steps")
+    p.add_argument(
+        "--sft-prompts", type=int, default=Settings.sft_prompts, help="π_0's warm-start scenes"
+    )
+    p.add_argument(
+        "--sft-steps", type=int, default=Settings.sft_steps, help="π_0's warm-start steps"
+    )
     p.add_argument("--prompts-per-round", type=int, default=64, help="training prompts a round")
     p.add_argument("--eval-prompts", type=int, default=48, help="held-out scenes")
     p.add_argument("--max-new-tokens", type=int, default=48, help="answer length cap")
@@ -101,8 +106,6 @@ def parser() -> argparse.ArgumentParser:
 
 def settings_of(args: argparse.Namespace) -> Any:
     """The package bench's Settings for this run's sizes (its defaults for the rest)."""
-    from bench.hallucination_loop import Settings
-
     return replace(
         Settings(),
         seed=args.seed,
@@ -200,8 +203,8 @@ def run_package(work: Path, settings: Any) -> dict[str, Any]:
 
 def build_pi0(work: Path, s: Any) -> Path:
     """π_0 as bench/hallucination_loop.py's run_loop builds it: the same draws, init and steps."""
-    from bench.hallucination_world import Images, make_prompts, sft_examples, warm_start
-    from training.vision import build_tiny_vlm, scenes_corpus
+    from bench.hallucination_loop import initial_policy
+    from bench.hallucination_world import Images, make_prompts
 
     rng = random.Random(s.seed)
     train = make_prompts(rng, s.sft_prompts, "train-")
@@ -209,18 +212,7 @@ def build_pi0(work: Path, s: Any) -> Path:
     make_prompts(rng, s.eval_prompts, "eval-")
     images = Images(s.image_size)
     images.add(train)
-    init = build_tiny_vlm(
-        work / "init",
-        image_size=s.image_size,
-        patch=s.patch,
-        corpus=scenes_corpus(n_scenes=60, seed=s.seed),
-        hidden_size=64,
-        intermediate=128,
-        vision_hidden_size=64,
-        seed=s.seed,
-    )
-    examples = sft_examples(train, rng, per_prompt=2, false_rate=s.false_rate)
-    return warm_start(work / "pi0", init, examples, images, steps=s.sft_steps, seed=s.seed)
+    return initial_policy(work, s, rng, train, images)
 
 
 # Run by `manage.py shell`: the project through the app's own setup service. The world is drawn

@@ -27,10 +27,12 @@ ROUND_KEYS = {
 }
 
 
-def test_hallucination_loop_smoke(tmp_path: Path) -> None:
+@pytest.mark.parametrize("correction_share", ["0", "1"], ids=["pairs", "corrections"])
+def test_hallucination_loop_smoke(tmp_path: Path, correction_share: str) -> None:
     out = tmp_path / "hallucination.json"
+    argv = ["--smoke", "--json", str(out), "--correction-share", correction_share]
     proc = subprocess.run(
-        [sys.executable, "-m", "bench.hallucination_loop", "--smoke", "--json", str(out)],
+        [sys.executable, "-m", "bench.hallucination_loop", *argv],
         cwd=REPO,
         capture_output=True,
         text=True,
@@ -51,6 +53,8 @@ def test_hallucination_loop_smoke(tmp_path: Path) -> None:
         assert all(r["hallucination_rate"] >= v for v in r["per_category"].values())
     last = rounds[-1]
     assert last["labels"] > 0 and last["dpo_pairs"] > 0  # the oracle labelled, DPO trained
+    # With corrections the round trains by dense DPO (its metrics count them), else by TRL's DPO.
+    assert (last["dpo_corrections"] > 0) == (correction_share == "1")
     assert last["reward_accuracy"] is not None and last["reward_accuracy_without_facts"] is not None
     assert len(data["targets"]) == 4 and all(isinstance(t["met"], bool) for t in data["targets"])
     for target in data["targets"]:  # every target printed with its verdict
