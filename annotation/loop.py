@@ -149,6 +149,7 @@ OVERRIDES: dict[str, dict[str, Bound]] = {
         "logging_steps": Bound(int, min=1, max=_INT_STEPS),
         "loss": Bound(str, choices=("sigmoid", "ipo")),
         "beta": Bound(float, min=0.001, max=100),
+        "train_image_encoder": Bound(bool),
     },
     "generation": {
         "k": Bound(int, min=1, max=64),
