@@ -76,7 +76,7 @@ class Settings:
     eval_prompts: int = 192
     eval_k: int = 2
     max_new_tokens: int = 48
-    dpo_beta: float = 0.5
+    dpo_beta: float = 0.12
     dpo_lr: float = 5e-4
     dpo_epochs: float = 1.0
     reward_epochs: float = 2.0
