@@ -16,8 +16,12 @@ Chowdhery et al. 2022, PaLM, App. B) counts 6·N FLOPs per trained token
 and 2·N per generated token, N = non-embedding parameters; DPO's reference
 forward (another 2·N) is reported separately as ``mfu_with_reference``.
 
-Run: ``python -m bench.gpu_check --json bench/out/gpu_check.json``;
-``--plan`` prints the model size without a GPU.
+``--vlm`` measures a ~0.5B vision-language model instead (vision DPO, generation with images
+through transformers and vLLM): ``bench.gpu_check_vlm``, whose docstring gives its FLOPs.
+
+Run: ``python -m bench.gpu_check --json bench/out/gpu_check.json`` and
+``python -m bench.gpu_check --vlm --json bench/out/gpu_check_vlm.json``; ``--plan`` (with or
+without ``--vlm``) prints the model size without a GPU.
 """
 
 from __future__ import annotations
@@ -57,6 +61,20 @@ def peak_flops(device_name: str) -> tuple[str | None, float | None]:
         if key in name:
             return key, PEAK_BF16[key]
     return None, None
+
+
+def device_header(args: argparse.Namespace, cuda: bool) -> dict[str, Any]:
+    """The card, its bf16 peak (``--peak-tflops`` for an unlisted one) and where that came from;
+    on the CPU no peak, so no MFU."""
+    if not cuda:
+        return {"device": "cpu", "peak_bf16_flops": None, "peak_source": None}
+    import torch
+
+    device_name = torch.cuda.get_device_name()
+    card, peak = peak_flops(device_name)
+    if args.peak_tflops:
+        card, peak = f"{device_name} (given)", args.peak_tflops * 1e12
+    return {"device": device_name, "peak_bf16_flops": peak, "peak_source": card}
 
 
 WORDS = (
@@ -112,7 +130,8 @@ class StepClock:
     def __call__(self, progress: Any) -> None:
         import torch
 
-        torch.cuda.synchronize()
+        if torch.cuda.is_available():  # the VLM smoke run times CPU steps with this clock too
+            torch.cuda.synchronize()
         self.times.setdefault(progress.step, time.perf_counter())
 
     def steps_per_second(self, warmup: int) -> float:
@@ -139,12 +158,9 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     from training.policy import DPOConfig, train_dpo
     from training.reward import RewardConfig, train_reward_model
 
-    device_name = torch.cuda.get_device_name()
-    card, peak = peak_flops(device_name)
-    if args.peak_tflops:
-        card, peak = f"{device_name} (given)", args.peak_tflops * 1e12
+    result = device_header(args, cuda=True)
+    peak = result["peak_bf16_flops"]
     rng = random.Random(1)
-    result: dict[str, Any] = {"device": device_name, "peak_bf16_flops": peak, "peak_source": card}
     with tempfile.TemporaryDirectory(prefix="tandem-gpu-check-") as scratch:
         work = Path(scratch)
         model_path, total, n = build_model(work, args, "cpu")
@@ -241,6 +257,8 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    from bench import gpu_check_vlm
+
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     size = parser.add_argument_group("model (defaults: ~0.5B parameters)")
     size.add_argument("--hidden", type=int, default=1152, help="hidden size (default: %(default)s)")
@@ -285,6 +303,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     work.add_argument(
         "--max-new-tokens", type=int, default=256, help="tokens per sample (default: %(default)s)"
     )
+    gpu_check_vlm.add_arguments(parser)
     parser.add_argument(
         "--peak-tflops", type=float, help="bf16 dense peak of an unlisted card, in TFLOP/s"
     )
@@ -295,12 +314,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--smoke",
         action="store_true",
-        help="a tiny model for seconds (" + " ".join(SMOKE) + "); without CUDA it prints "
-        "'skipped: no CUDA' and exits 0, so the test suite can run it anywhere",
+        help="a tiny model for seconds (" + " ".join(SMOKE + gpu_check_vlm.SMOKE) + "); "
+        "without CUDA the text check prints 'skipped: no CUDA' and exits 0, so the test suite "
+        "can run it anywhere, and --smoke --vlm runs the whole VLM check on the CPU",
     )
     argv = list(sys.argv[1:] if argv is None else argv)
     if "--smoke" in argv:
-        argv = SMOKE + argv
+        argv = SMOKE + gpu_check_vlm.SMOKE + argv
     args = parser.parse_args(argv)
     args.argv = argv
     if args.warmup >= args.steps - 1:
@@ -315,13 +335,17 @@ SMOKE = ["--hidden", "64", "--layers", "2", "--heads", "4", "--kv-heads", "4",
 
 
 def smoke(args: argparse.Namespace, cuda: bool) -> int:
-    """--smoke: the tiny run on a GPU, or an explicit skip without one; JSON with provenance."""
+    """--smoke: the tiny run on a GPU, or an explicit skip without one (the VLM check runs on
+    the CPU too); JSON with provenance."""
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from bench import common
+    from bench import common, gpu_check_vlm
 
     with common.RunMeter() as meter:
-        figures = measure(args) if cuda else {"skipped": "no CUDA"}
-    if not cuda:
+        if args.vlm:
+            figures = gpu_check_vlm.measure(args, cuda)
+        else:
+            figures = measure(args) if cuda else {"skipped": "no CUDA"}
+    if not cuda and not args.vlm:
         print("skipped: no CUDA (torch.cuda.is_available() is False)")
     else:
         print(json.dumps(figures, indent=2))
@@ -338,6 +362,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.smoke:
         return smoke(args, torch.cuda.is_available())
 
+    if args.plan and args.vlm:
+        from bench import gpu_check_vlm
+
+        print(json.dumps(gpu_check_vlm.plan(args)))
+        return 0
     if args.plan:
         with tempfile.TemporaryDirectory() as scratch:
             _, total, n = build_model(Path(scratch), args, "meta")
@@ -346,15 +375,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not torch.cuda.is_available():
         print(
             "gpu_check needs a CUDA GPU and torch.cuda.is_available() is False on this machine; "
-            "run it on a gpu worker host (use --plan to see the model size here).",
+            "run it on a gpu worker host (use --plan to see the model size here; --smoke --vlm "
+            "runs the tiny vision-language check on the CPU).",
             file=sys.stderr,
         )
         return 2
-    result = measure(args)
+    from bench import common, gpu_check_vlm
+
+    with common.RunMeter() as meter:
+        result = gpu_check_vlm.measure(args, cuda=True) if args.vlm else measure(args)
     print(json.dumps(result, indent=2))
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(result, indent=2))
+    # A GPU's figures are cited later: they carry the commit, command and machine (bench.provenance).
+    common.record(
+        "gpu_check", args.argv, meter, result, json_path=args.json, save=False, smoke=False
+    )
     return 0
 
 
