@@ -37,8 +37,8 @@ from .rounds import loop_configure, storable_text
 
 # The package benchmark's recipe (bench/hallucination_loop.py's Settings), as loop settings: the
 # Fact-RLHF reward on MiniLM (one model, as the package fits one; the blind baseline is trained
-# beside it by the loop), vision DPO with β 0.5 from π_{r-1} against π_0, K=4 answers of up to 48
-# tokens. Pairs are the reward model's best against its worst answer of each prompt.
+# beside it by the loop), vision DPO with β 0.12 from π_{r-1} against π_0 (the image encoder
+# frozen), K=4 answers of up to 48 tokens. Pairs are the reward model's best against its worst answer of each prompt.
 SCENE_LOOP: dict[str, Any] = {
     "algorithm": "dpo",
     "samples_per_prompt": 4,
@@ -55,7 +55,7 @@ SCENE_LOOP: dict[str, Any] = {
         "warmup": 0.05,
     },
     "policy": {
-        "beta": 0.5,
+        "beta": 0.12,
         "learning_rate": 5e-4,
         "epochs": 1.0,
         "batch_size": 8,

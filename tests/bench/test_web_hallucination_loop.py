@@ -79,3 +79,22 @@ def test_a_package_result_of_other_settings_or_code_is_refused(tmp_path: Path) -
     stale = tmp_path / "old.json"
     stale.write_text(json.dumps(other))
     assert bench.main(["--package", "reuse", "--package-json", str(stale)]) == 2
+
+
+def test_the_web_loop_trains_as_the_package_bench_does() -> None:
+    """The web loop's settings (annotation.services.simulation_scenes.SCENE_LOOP) are the package
+    bench's recipe: the two columns of `make bench-loop` differ in who labels, not in how it
+    trains (they once drifted apart: β 0.5 on the web against 0.12 in the package)."""
+    from annotation.services.simulation_scenes import SCENE_LOOP
+    from bench.hallucination_loop import Settings
+
+    s = Settings()
+    policy, generation = SCENE_LOOP["policy"], SCENE_LOOP["generation"]
+    assert (policy["beta"], policy["learning_rate"], policy["epochs"]) == (
+        s.dpo_beta,
+        s.dpo_lr,
+        s.dpo_epochs,
+    )
+    assert SCENE_LOOP["samples_per_prompt"] == s.k
+    assert generation["max_new_tokens"] == s.max_new_tokens
+    assert SCENE_LOOP["reward"]["epochs"] == s.reward_epochs
